@@ -1,0 +1,277 @@
+//! A container's first process: everything between fork() in the monitor and
+//! execve() of the user's command. Runs single-threaded in a freshly forked child.
+
+pub mod rootfs;
+
+use crate::spec::{ContainerSpec, Failure, FailureKind, NsMode};
+use caps::{CapSet, Capability, CapsHashSet};
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::unistd::{execve, sethostname, setresgid, setresuid, Gid, Uid};
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+type Result<T> = std::result::Result<T, Failure>;
+
+fn internal(what: &str, e: impl std::fmt::Display) -> Failure {
+    Failure::new(FailureKind::Internal, format!("{what}: {e}"))
+}
+
+/// Capabilities a container gets by default (the set containerd and CRI-O grant).
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Paths masked from unprivileged containers (as containerd's defaults).
+pub const DEFAULT_MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Paths made read-only in unprivileged containers (as containerd's defaults).
+pub const DEFAULT_READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+fn join_ns(path: &Path, flag: CloneFlags) -> Result<()> {
+    let f = File::open(path).map_err(|e| {
+        Failure::new(
+            FailureKind::FailedPrecondition,
+            format!("open namespace {}: {e}", path.display()),
+        )
+    })?;
+    setns(f, flag).map_err(|e| internal(&format!("setns {}", path.display()), e))
+}
+
+/// Enters the pod's namespaces and makes the container's own ones. The pid
+/// namespace is not handled here: the monitor chose it before forking us.
+pub fn enter_namespaces(spec: &ContainerSpec) -> Result<()> {
+    let mut flags = CloneFlags::CLONE_NEWNS;
+    for (mode, flag) in [
+        (&spec.namespaces.ipc, CloneFlags::CLONE_NEWIPC),
+        (&spec.namespaces.uts, CloneFlags::CLONE_NEWUTS),
+        (&spec.namespaces.net, CloneFlags::CLONE_NEWNET),
+    ] {
+        match mode {
+            NsMode::Host => {}
+            NsMode::New => flags |= flag,
+            NsMode::Join(p) => join_ns(p, flag)?,
+        }
+    }
+    unshare(flags).map_err(|e| internal("unshare", e))?;
+    if spec.namespaces.uts == NsMode::New && !spec.hostname.is_empty() {
+        sethostname(&spec.hostname).map_err(|e| internal("sethostname", e))?;
+    }
+    Ok(())
+}
+
+fn parse_caps(names: &[String]) -> Result<CapsHashSet> {
+    let mut set = CapsHashSet::new();
+    for n in names {
+        let upper = n.to_ascii_uppercase();
+        let full = if upper.starts_with("CAP_") {
+            upper
+        } else {
+            format!("CAP_{upper}")
+        };
+        let cap: Capability = full.parse().map_err(|_| {
+            Failure::new(
+                FailureKind::InvalidArgument,
+                format!("unknown capability {n:?}"),
+            )
+        })?;
+        set.insert(cap);
+    }
+    Ok(set)
+}
+
+/// Switches to the container's user and capability set.
+pub fn drop_privileges(spec: &ContainerSpec) -> Result<()> {
+    let p = &spec.process;
+    let keep = if spec.privileged {
+        caps::all()
+    } else {
+        parse_caps(&p.capabilities)?
+    };
+    for cap in caps::all() {
+        if !keep.contains(&cap) {
+            // Capabilities this kernel does not know are simply absent.
+            let _ = caps::drop(None, CapSet::Bounding, cap);
+        }
+    }
+    // SAFETY: PR_SET_KEEPCAPS takes an integer argument and touches no memory of ours.
+    if unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) } != 0 {
+        return Err(internal("PR_SET_KEEPCAPS", std::io::Error::last_os_error()));
+    }
+    let groups: Vec<Gid> = p
+        .additional_gids
+        .iter()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
+    nix::unistd::setgroups(&groups).map_err(|e| internal("setgroups", e))?;
+    let gid = Gid::from_raw(p.gid);
+    setresgid(gid, gid, gid).map_err(|e| internal("setresgid", e))?;
+    let uid = Uid::from_raw(p.uid);
+    setresuid(uid, uid, uid).map_err(|e| internal("setresuid", e))?;
+    let keep_now: CapsHashSet = keep
+        .iter()
+        .copied()
+        .filter(|c| caps::has_cap(None, CapSet::Bounding, *c).unwrap_or(false))
+        .collect();
+    for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
+        caps::set(None, set, &keep_now).map_err(|e| internal("capset", e))?;
+    }
+    if p.no_new_privileges {
+        // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(internal(
+                "PR_SET_NO_NEW_PRIVS",
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Finds `cmd` in the container's PATH (from its environment) like execvp would.
+pub fn find_executable(cmd: &str, env: &[String]) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if cmd.is_empty() {
+        return Err(Failure::new(
+            FailureKind::InvalidArgument,
+            "no command to run: the request and the image give none",
+        ));
+    }
+    if cmd.contains('/') {
+        return Ok(PathBuf::from(cmd));
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(cmd);
+        if let Ok(meta) = std::fs::metadata(&candidate) {
+            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+                return Ok(candidate);
+            }
+        }
+    }
+    Err(Failure::new(
+        FailureKind::NotFound,
+        format!("executable file {cmd:?} not found in $PATH ({path})"),
+    ))
+}
+
+fn cstrings<'a>(it: impl Iterator<Item = &'a [u8]>) -> Result<Vec<CString>> {
+    it.map(|b| {
+        CString::new(b).map_err(|_| {
+            Failure::new(
+                FailureKind::InvalidArgument,
+                "argument or environment entry contains a NUL byte",
+            )
+        })
+    })
+    .collect()
+}
+
+/// The last steps: working directory, user, capabilities, execve.
+pub fn exec(spec: &ContainerSpec) -> Result<std::convert::Infallible> {
+    let p = &spec.process;
+    let cwd = if p.cwd.is_empty() { "/" } else { &p.cwd };
+    std::fs::create_dir_all(cwd).map_err(|e| internal(&format!("create working dir {cwd}"), e))?;
+    nix::unistd::chdir(cwd).map_err(|e| internal(&format!("chdir {cwd}"), e))?;
+    let first = p.args.first().map(String::as_str).unwrap_or("");
+    let exe = find_executable(first, &p.env)?;
+    let argv = cstrings(p.args.iter().map(|s| s.as_bytes()))?;
+    let envp = cstrings(p.env.iter().map(|s| s.as_bytes()))?;
+    let exe_c = cstrings(std::iter::once(exe.as_os_str().as_bytes()))?
+        .pop()
+        .ok_or_else(|| internal("exec", "empty path"))?;
+    drop_privileges(spec)?;
+    match execve(&exe_c, &argv, &envp) {
+        Err(e) => {
+            let kind = match e {
+                nix::errno::Errno::ENOENT => FailureKind::NotFound,
+                nix::errno::Errno::EACCES | nix::errno::Errno::EPERM => {
+                    FailureKind::PermissionDenied
+                }
+                _ => FailureKind::Internal,
+            };
+            Err(Failure::new(kind, format!("exec {}: {e}", exe.display())))
+        }
+        Ok(never) => match never {},
+    }
+}
+
+/// Messages from the container's first process to its monitor, over the sync pipe.
+pub fn report(pipe: &mut File, result: &std::result::Result<(), Failure>) {
+    let msg = match result {
+        Ok(()) => "{\"ready\":true}\n".to_string(),
+        Err(f) => {
+            let mut s = serde_json::to_string(f).unwrap_or_else(|_| "{}".into());
+            s.push('\n');
+            s
+        }
+    };
+    let _ = pipe.write_all(msg.as_bytes());
+}
+
+/// The whole life of the container's first process after fork: namespaces, rootfs,
+/// wait for the start signal, exec. Never returns; exits 127 on failure after
+/// reporting it on `sync`.
+pub fn run(spec: &ContainerSpec, sync: OwnedFd, start: OwnedFd) -> ! {
+    let mut sync = File::from(sync);
+    let mut start = File::from(start);
+    let setup = (|| {
+        enter_namespaces(spec)?;
+        rootfs::build(spec)?;
+        rootfs::pivot(spec)
+    })();
+    report(&mut sync, &setup);
+    if setup.is_err() {
+        std::process::exit(127);
+    }
+    // Block until the monitor says go (StartContainer) or goes away.
+    let mut go = [0u8; 1];
+    match start.read(&mut go) {
+        Ok(1) => {}
+        _ => std::process::exit(127),
+    }
+    drop(start);
+    let err = match exec(spec) {
+        Err(f) => f,
+        Ok(never) => match never {},
+    };
+    report(&mut sync, &Err(err));
+    std::process::exit(127)
+}

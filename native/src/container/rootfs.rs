@@ -1,0 +1,355 @@
+//! Assembles a container's root filesystem inside its own mount namespace:
+//! overlay over the image, /proc, /sys, /dev, CRI bind mounts, masked and
+//! read-only paths, then pivot_root. Runs in the container's first process,
+//! single-threaded, before exec.
+
+use crate::resolve::{self, Create};
+use crate::spec::{BindMount, ContainerSpec, Failure, FailureKind, Propagation};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use nix::unistd::{chdir, pivot_root};
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+type Result<T> = std::result::Result<T, Failure>;
+
+fn internal(what: &str, e: impl std::fmt::Display) -> Failure {
+    Failure::new(FailureKind::Internal, format!("{what}: {e}"))
+}
+
+fn do_mount(
+    src: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
+    mount(src, target, fstype, flags, data).map_err(|e| {
+        internal(
+            &format!(
+                "mount {} on {} ({})",
+                src.map(|p| p.display().to_string()).unwrap_or_default(),
+                target.display(),
+                fstype.unwrap_or("bind")
+            ),
+            e,
+        )
+    })
+}
+
+/// A path inside the rootfs (`rel` is absolute inside the container).
+fn inside(root: &Path, rel: &str) -> PathBuf {
+    root.join(rel.trim_start_matches('/'))
+}
+
+/// Mounts the overlay root at `spec.rootfs_mountpoint` and everything under it.
+/// The calling process must already be alone in a new mount namespace.
+pub fn build(spec: &ContainerSpec) -> Result<()> {
+    // Nothing we mount may leak back to the host, but host mounts may still reach
+    // us for HOST_TO_CONTAINER mounts: rslave.
+    do_mount(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None,
+    )?;
+
+    let root = spec.rootfs_mountpoint.as_path();
+    let upper = spec.layer_dir.join("upper");
+    let work = spec.layer_dir.join("work");
+    for d in [&upper, &work] {
+        fs::create_dir_all(d).map_err(|e| internal(&format!("create {}", d.display()), e))?;
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        spec.image_rootfs.display(),
+        upper.display(),
+        work.display()
+    );
+    do_mount(
+        Some(Path::new("overlay")),
+        root,
+        Some("overlay"),
+        MsFlags::MS_NODEV,
+        Some(&opts),
+    )?;
+
+    mount_proc_sys(spec, root)?;
+    mount_dev(spec, root)?;
+    for m in &spec.mounts {
+        bind_mount(root, m)?;
+    }
+    if !spec.privileged {
+        for p in &spec.masked_paths {
+            mask_path(root, p)?;
+        }
+        for p in &spec.readonly_paths {
+            readonly_path(root, p)?;
+        }
+    }
+    Ok(())
+}
+
+fn mkdir_in(root: &Path, rel: &str) -> Result<PathBuf> {
+    let fd = resolve::open_in_root(root, Path::new(rel), Create::Dir)
+        .map_err(|e| Failure::new(FailureKind::InvalidArgument, e.to_string()))?;
+    let p = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    // Keep the fd alive for as long as the path is used: leak it into the returned
+    // path's lifetime by converting to a real path instead.
+    let real = fs::read_link(&p).map_err(|e| internal("readlink", e))?;
+    drop(fd);
+    Ok(real)
+}
+
+fn mount_proc_sys(spec: &ContainerSpec, root: &Path) -> Result<()> {
+    let common = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let proc_dir = mkdir_in(root, "/proc")?;
+    do_mount(
+        Some(Path::new("proc")),
+        &proc_dir,
+        Some("proc"),
+        common,
+        None,
+    )?;
+    let sys_dir = mkdir_in(root, "/sys")?;
+    let ro = if spec.privileged {
+        MsFlags::empty()
+    } else {
+        MsFlags::MS_RDONLY
+    };
+    // sysfs shows the network devices of the mounting process's network namespace;
+    // when that is the host's and we are not privileged, a read-only bind is safer
+    // and equivalent.
+    if let Err(e) = mount(
+        Some(Path::new("sysfs")),
+        &sys_dir,
+        Some("sysfs"),
+        common | ro,
+        None::<&str>,
+    ) {
+        if e != nix::errno::Errno::EPERM {
+            return Err(internal("mount sysfs", e));
+        }
+        do_mount(
+            Some(Path::new("/sys")),
+            &sys_dir,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+        do_mount(
+            None,
+            &sys_dir,
+            None,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | common | ro,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+const DEVICES: &[(&str, u64, u64)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+fn mount_dev(spec: &ContainerSpec, root: &Path) -> Result<()> {
+    let dev = mkdir_in(root, "/dev")?;
+    do_mount(
+        Some(Path::new("tmpfs")),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
+    for (name, major, minor) in DEVICES {
+        let p = dev.join(name);
+        mknod(
+            &p,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(*major, *minor),
+        )
+        .map_err(|e| internal(&format!("mknod {}", p.display()), e))?;
+        // mknod honours the umask; set the mode explicitly.
+        fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .map_err(|e| internal("chmod device", e))?;
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+        ("core", "/proc/kcore"),
+    ] {
+        symlink(target, dev.join(link)).map_err(|e| internal("symlink in /dev", e))?;
+    }
+    let pts = dev.join("pts");
+    fs::create_dir(&pts).map_err(|e| internal("mkdir /dev/pts", e))?;
+    do_mount(
+        Some(Path::new("devpts")),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )?;
+    let shm = dev.join("shm");
+    fs::create_dir(&shm).map_err(|e| internal("mkdir /dev/shm", e))?;
+    match &spec.shm {
+        Some(src) => do_mount(
+            Some(src),
+            &shm,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?,
+        None => {
+            let size = spec.shm_size.unwrap_or(64 << 20);
+            do_mount(
+                Some(Path::new("shm")),
+                &shm,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some(&format!("mode=1777,size={size}")),
+            )?
+        }
+    }
+    let mq = dev.join("mqueue");
+    fs::create_dir(&mq).map_err(|e| internal("mkdir /dev/mqueue", e))?;
+    do_mount(
+        Some(Path::new("mqueue")),
+        &mq,
+        Some("mqueue"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    Ok(())
+}
+
+fn bind_mount(root: &Path, m: &BindMount) -> Result<()> {
+    let meta = fs::metadata(&m.source).map_err(|e| {
+        let kind = if e.kind() == std::io::ErrorKind::NotFound {
+            FailureKind::NotFound
+        } else {
+            FailureKind::InvalidArgument
+        };
+        Failure::new(kind, format!("mount source {} : {e}", m.source.display()))
+    })?;
+    let create = if meta.is_dir() {
+        Create::Dir
+    } else {
+        Create::File
+    };
+    let target = resolve::open_in_root(root, &m.destination, create).map_err(|e| {
+        Failure::new(
+            FailureKind::InvalidArgument,
+            format!("mount destination {}: {e}", m.destination.display()),
+        )
+    })?;
+    let target_path = PathBuf::from(format!("/proc/self/fd/{}", target.as_raw_fd()));
+    do_mount(
+        Some(&m.source),
+        &target_path,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
+    // The fd still names the directory underneath; reopen the new mount through
+    // its resolved path to change its flags.
+    let real = fs::read_link(&target_path).map_err(|e| internal("readlink", e))?;
+    drop(target);
+    if m.readonly {
+        do_mount(
+            None,
+            &real,
+            None,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+            None,
+        )?;
+    }
+    let prop = match m.propagation {
+        Propagation::Private => MsFlags::MS_PRIVATE,
+        Propagation::Slave => MsFlags::MS_SLAVE,
+        Propagation::Shared => MsFlags::MS_SHARED,
+    };
+    do_mount(None, &real, None, prop | MsFlags::MS_REC, None)
+}
+
+fn mask_path(root: &Path, p: &str) -> Result<()> {
+    let target = inside(root, p);
+    let meta = match fs::symlink_metadata(&target) {
+        Ok(m) => m,
+        Err(_) => return Ok(()),
+    };
+    if meta.is_dir() {
+        do_mount(
+            Some(Path::new("tmpfs")),
+            &target,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY,
+            None,
+        )
+    } else {
+        do_mount(
+            Some(&inside(root, "/dev/null")),
+            &target,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )
+    }
+}
+
+fn readonly_path(root: &Path, p: &str) -> Result<()> {
+    let target = inside(root, p);
+    if fs::symlink_metadata(&target).is_err() {
+        return Ok(());
+    }
+    do_mount(
+        Some(&target),
+        &target,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
+    do_mount(
+        None,
+        &target,
+        None,
+        MsFlags::MS_REMOUNT
+            | MsFlags::MS_BIND
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC,
+        None,
+    )
+}
+
+/// Makes the assembled rootfs the process's root and drops every host mount.
+pub fn pivot(spec: &ContainerSpec) -> Result<()> {
+    let root = spec.rootfs_mountpoint.as_path();
+    chdir(root).map_err(|e| internal("chdir rootfs", e))?;
+    pivot_root(".", ".").map_err(|e| internal("pivot_root", e))?;
+    // The old root is now stacked on top of the new one at "/"; detach it.
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| internal("detach old root", e))?;
+    chdir("/").map_err(|e| internal("chdir /", e))?;
+    if spec.readonly_rootfs {
+        do_mount(
+            None,
+            Path::new("/"),
+            None,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+            None,
+        )?;
+    }
+    Ok(())
+}

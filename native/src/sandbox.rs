@@ -1,0 +1,198 @@
+//! Pod sandboxes without a pause image: `sycri __sandbox <spec.json>` makes the
+//! pod's namespaces, pins each one on a file (a bind mount of its nsfs inode) so
+//! it outlives every process and a server restart, and, when the pod shares a
+//! pid namespace, leaves a tiny init (pid 1 of that namespace) that reaps orphans.
+
+use crate::spec::{Failure, FailureKind, SandboxSpec};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, sethostname, ForkResult, Pid};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// What the sandbox helper prints on stdout, one JSON line.
+#[derive(Serialize, Deserialize, Debug, Default)]
+pub struct SandboxReady {
+    /// The pod's init process (pid 1 of its pid namespace), when it has one.
+    #[serde(default)]
+    pub init_pid: Option<i32>,
+    #[serde(default)]
+    pub error: Option<Failure>,
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> Failure {
+    Failure::new(FailureKind::Internal, format!("{what}: {e}"))
+}
+
+/// Namespace files pinned for a pod, by name.
+pub const NS_NAMES: &[&str] = &["net", "ipc", "uts", "pid"];
+
+/// Bind-mounts `/proc/<pid>/ns/<name>` on `<dir>/<name>`.
+pub fn pin_namespace(proc_ns: &Path, dir: &Path, name: &str) -> Result<PathBuf, Failure> {
+    let target = dir.join(name);
+    fs::File::create(&target).map_err(|e| internal(&format!("create {}", target.display()), e))?;
+    mount(
+        Some(proc_ns),
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| internal(&format!("pin {name} namespace"), e))?;
+    Ok(target)
+}
+
+/// Undoes [`pin_namespace`] for every namespace file in `dir`; missing ones are fine.
+pub fn unpin_all(dir: &Path) -> Result<(), Failure> {
+    for name in NS_NAMES {
+        let p = dir.join(name);
+        if !p.exists() {
+            continue;
+        }
+        match umount2(&p, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(internal(&format!("unpin {}", p.display()), e)),
+        }
+        let _ = fs::remove_file(&p);
+    }
+    Ok(())
+}
+
+/// Brings up the loopback interface of the current network namespace.
+pub fn loopback_up() -> Result<(), Failure> {
+    // SAFETY: plain socket(2) call; the fd is wrapped in an OwnedFd right away.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(internal("socket", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we pass, which
+    // lives on our stack for the duration of the calls.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(internal("SIOCGIFFLAGS lo", std::io::Error::last_os_error()));
+        }
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(internal("SIOCSIFFLAGS lo", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+fn setup(spec: &SandboxSpec) -> Result<Option<i32>, Failure> {
+    fs::create_dir_all(&spec.ns_dir)
+        .map_err(|e| internal(&format!("create {}", spec.ns_dir.display()), e))?;
+    let mut flags = CloneFlags::empty();
+    let mut pins = Vec::new();
+    for (share, flag, name) in [
+        (spec.share_net, CloneFlags::CLONE_NEWNET, "net"),
+        (spec.share_ipc, CloneFlags::CLONE_NEWIPC, "ipc"),
+        (spec.share_uts, CloneFlags::CLONE_NEWUTS, "uts"),
+    ] {
+        if share {
+            flags |= flag;
+            pins.push(name);
+        }
+    }
+    unshare(flags).map_err(|e| internal("unshare", e))?;
+    if spec.share_uts && !spec.hostname.is_empty() {
+        sethostname(&spec.hostname).map_err(|e| internal("sethostname", e))?;
+    }
+    if spec.share_net {
+        loopback_up()?;
+    }
+    for name in pins {
+        pin_namespace(&Path::new("/proc/self/ns").join(name), &spec.ns_dir, name)?;
+    }
+    if !spec.share_pid {
+        return Ok(None);
+    }
+    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| internal("unshare pid", e))?;
+    // SAFETY: this helper is single-threaded, so the child may run arbitrary code.
+    match unsafe { fork() }.map_err(|e| internal("fork", e))? {
+        ForkResult::Child => pod_init(),
+        ForkResult::Parent { child } => {
+            pin_namespace(
+                &PathBuf::from(format!("/proc/{child}/ns/pid")),
+                &spec.ns_dir,
+                "pid",
+            )
+            .inspect_err(|_| {
+                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+            })?;
+            Ok(Some(child.as_raw()))
+        }
+    }
+}
+
+/// pid 1 of a pod's pid namespace: reaps orphans, ends on SIGTERM/SIGINT.
+fn pod_init() -> ! {
+    let _ = nix::unistd::setsid();
+    crate::util::redirect_to_devnull(&[0, 1, 2]);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string that outlives the call.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"sycri-pod-init".as_ptr(), 0, 0, 0) };
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT] {
+        set.add(s);
+    }
+    let _ = set.thread_block();
+    loop {
+        match set.wait() {
+            Ok(Signal::SIGCHLD) => loop {
+                match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            },
+            Ok(_) => std::process::exit(0),
+            Err(_) => {}
+        }
+    }
+}
+
+/// Entry point of `sycri __sandbox <spec.json>`.
+pub fn main(spec_path: &Path) -> i32 {
+    let result = fs::read(spec_path)
+        .map_err(|e| internal("read sandbox spec", e))
+        .and_then(|b| {
+            serde_json::from_slice::<SandboxSpec>(&b).map_err(|e| internal("parse sandbox spec", e))
+        })
+        .and_then(|spec| {
+            setup(&spec).inspect_err(|_| {
+                let _ = unpin_all(&spec.ns_dir);
+            })
+        });
+    let (ready, code) = match result {
+        Ok(init_pid) => (
+            SandboxReady {
+                init_pid,
+                error: None,
+            },
+            0,
+        ),
+        Err(f) => (
+            SandboxReady {
+                init_pid: None,
+                error: Some(f),
+            },
+            1,
+        ),
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer(&mut out, &ready);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+    code
+}

@@ -1,0 +1,130 @@
+//! Small helpers shared by the engine and the server: atomic file writes and
+//! RFC 3339 timestamps with nanoseconds (the CRI log format's clock).
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Writes `data` to `path` so that readers see either the old or the new content,
+/// never a torn file: write a sibling temp file, fsync it, rename it over `path`.
+pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_data()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> i64 {
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(_) => 0,
+    }
+}
+
+/// Converts days since 1970-01-01 into a (year, month, day) civil date.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    // Shift the epoch to 0000-03-01 so that leap days fall at the end of a year.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Formats nanoseconds since the epoch as RFC 3339 in UTC with nine fractional
+/// digits, e.g. `2026-11-28T13:24:13.123456789Z`, into `out` (no allocation when
+/// `out` has capacity).
+pub fn format_rfc3339_nano(ns: i64, out: &mut String) {
+    use std::fmt::Write as _;
+    let secs = ns.div_euclid(1_000_000_000);
+    let frac = ns.rem_euclid(1_000_000_000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    let _ = write!(
+        out,
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:09}Z",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    );
+}
+
+/// RFC 3339 with nanoseconds as a new string.
+pub fn rfc3339_nano(ns: i64) -> String {
+    let mut s = String::with_capacity(30);
+    format_rfc3339_nano(ns, &mut s);
+    s
+}
+
+/// Points the given descriptor numbers at /dev/null (used by helpers that detach
+/// from the server's pipes).
+pub fn redirect_to_devnull(fds: &[std::os::fd::RawFd]) {
+    use std::os::fd::AsRawFd;
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in fds {
+            // SAFETY: dup2 only replaces the descriptor number `fd`, which the caller
+            // designates as one to detach; no memory is involved.
+            unsafe { libc::dup2(null.as_raw_fd(), *fd) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_known_instants() {
+        assert_eq!(rfc3339_nano(0), "1970-01-01T00:00:00.000000000Z");
+        // 2000-02-29 (leap day) 12:34:56.000000789
+        assert_eq!(
+            rfc3339_nano(951_827_696_000_000_789),
+            "2000-02-29T12:34:56.000000789Z"
+        );
+        // 2026-11-28T13:24:13.5Z
+        assert_eq!(
+            rfc3339_nano(1_795_872_253_500_000_000),
+            "2026-11-28T13:24:13.500000000Z"
+        );
+    }
+
+    #[test]
+    fn atomic_write_replaces_content() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("state.json");
+        write_atomic(&p, b"one").expect("write");
+        write_atomic(&p, b"two").expect("write");
+        assert_eq!(fs::read(&p).expect("read"), b"two");
+        let leftovers: Vec<_> = fs::read_dir(dir.path()).expect("ls").collect();
+        assert_eq!(leftovers.len(), 1, "no temp file left behind");
+    }
+}
