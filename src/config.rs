@@ -1,0 +1,155 @@
+//! Configuration: a TOML file, overridden by command-line flags.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_SOCKET: &str = "unix:///var/run/singularity.sock";
+pub const DEFAULT_STORAGE_DIR: &str = "/var/lib/singularity";
+pub const DEFAULT_RUN_DIR: &str = "/var/run/singularity";
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/sycri/sycri.toml";
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    #[default]
+    Cgroupfs,
+    Systemd,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the CRI socket listens (`unix:///path` or a plain path).
+    pub listen: String,
+    /// Images (SIF files) and their index.
+    pub storage_dir: PathBuf,
+    /// Persistent pod and container state (survives restarts); default `<storage_dir>/state`.
+    pub state_dir: Option<PathBuf>,
+    /// Volatile state: pinned namespaces, image mounts, monitor sockets.
+    pub run_dir: PathBuf,
+    /// `error`, `warn`, `info`, `debug`, `trace` or a tracing filter.
+    pub log_level: String,
+    pub cgroup_driver: CgroupDriver,
+    /// Address of the streaming server (exec, attach, port-forward).
+    pub stream_address: String,
+    /// How long StopPodSandbox gives a container after its stop signal, in seconds.
+    pub pod_stop_timeout_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_SOCKET.to_string(),
+            storage_dir: PathBuf::from(DEFAULT_STORAGE_DIR),
+            state_dir: None,
+            run_dir: PathBuf::from(DEFAULT_RUN_DIR),
+            log_level: "info".to_string(),
+            cgroup_driver: CgroupDriver::Cgroupfs,
+            stream_address: "127.0.0.1:0".to_string(),
+            pod_stop_timeout_secs: 10,
+        }
+    }
+}
+
+#[derive(thiserror::Error, Debug)]
+pub enum ConfigError {
+    #[error("read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("listen address {0:?}: only unix sockets are supported (unix:///path)")]
+    Listen(String),
+}
+
+impl Config {
+    /// Reads a config file. A missing file at the default location gives the defaults.
+    pub fn load(path: &Path, must_exist: bool) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                path: path.to_path_buf(),
+                source,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
+                Ok(Config::default())
+            }
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| self.storage_dir.join("state"))
+    }
+
+    /// The socket path from `listen`.
+    pub fn socket_path(&self) -> Result<PathBuf, ConfigError> {
+        let l = self.listen.as_str();
+        let p = l.strip_prefix("unix://").unwrap_or(l);
+        if p.is_empty() || l.contains("://") && !l.starts_with("unix://") || !p.starts_with('/') {
+            return Err(ConfigError::Listen(l.to_string()));
+        }
+        Ok(PathBuf::from(p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_singularity_cri() {
+        let c = Config::default();
+        assert_eq!(
+            c.socket_path().ok(),
+            Some(PathBuf::from("/var/run/singularity.sock"))
+        );
+        assert_eq!(c.storage_dir, PathBuf::from("/var/lib/singularity"));
+        assert_eq!(c.state_dir(), PathBuf::from("/var/lib/singularity/state"));
+    }
+
+    #[test]
+    fn file_overrides_and_rejects_unknown_keys() {
+        let dir = tempfile_dir();
+        let p = dir.join("c.toml");
+        std::fs::write(
+            &p,
+            "listen = \"/tmp/x.sock\"\ncgroup_driver = \"systemd\"\n",
+        )
+        .unwrap_or_default();
+        let c = Config::load(&p, true).expect("load");
+        assert_eq!(c.socket_path().ok(), Some(PathBuf::from("/tmp/x.sock")));
+        assert_eq!(c.cgroup_driver, CgroupDriver::Systemd);
+        std::fs::write(&p, "listn = 1\n").unwrap_or_default();
+        assert!(matches!(
+            Config::load(&p, true),
+            Err(ConfigError::Parse { .. })
+        ));
+        assert!(Config::load(&dir.join("missing.toml"), true).is_err());
+        assert_eq!(
+            Config::load(&dir.join("missing.toml"), false).ok(),
+            Some(Config::default())
+        );
+        let bad = Config {
+            listen: "tcp://1.2.3.4:5".into(),
+            ..Config::default()
+        };
+        assert!(bad.socket_path().is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sycri-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap_or_default();
+        d
+    }
+}

@@ -1,0 +1,157 @@
+//! Spawning sycri's helper processes and reaping every child.
+//!
+//! The server never forks to do namespace or mount work itself: it execs its own
+//! binary (`/proc/self/exe`) in a helper mode. The server is a child subreaper, so
+//! monitors and pod inits that outlive their parents come back to it; one task
+//! reaps all children with `waitpid(-1)` and hands exit statuses to whoever waits.
+
+use crate::error::{Error, Result};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+pub const MONITOR_ARG: &str = "__monitor";
+pub const SANDBOX_ARG: &str = "__sandbox";
+
+/// Exit of a child: the code, or 128 + signal.
+pub type ExitCode = i32;
+
+#[derive(Default)]
+struct Waiters {
+    waiting: HashMap<i32, oneshot::Sender<ExitCode>>,
+    /// Exits that came before anyone asked.
+    early: HashMap<i32, ExitCode>,
+}
+
+/// Reaps every child of the server.
+#[derive(Clone, Default)]
+pub struct Reaper {
+    inner: Arc<Mutex<Waiters>>,
+}
+
+impl Reaper {
+    /// Makes this process a child subreaper and starts the reaping task.
+    pub fn start() -> Result<Reaper> {
+        // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer and touches no memory.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+            return Err(Error::io(
+                "become child subreaper",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let reaper = Reaper::default();
+        let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
+            .map_err(|e| Error::io("watch SIGCHLD", e))?;
+        let r = reaper.clone();
+        tokio::spawn(async move {
+            loop {
+                r.reap_all();
+                if sigchld.recv().await.is_none() {
+                    break;
+                }
+            }
+        });
+        Ok(reaper)
+    }
+
+    fn reap_all(&self) {
+        loop {
+            let (pid, code) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(p, c)) => (p.as_raw(), c),
+                Ok(WaitStatus::Signaled(p, s, _)) => (p.as_raw(), 128 + s as i32),
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(_) => continue,
+            };
+            tracing::trace!(pid, code, "reaped child");
+            let mut w = match self.inner.lock() {
+                Ok(w) => w,
+                Err(p) => p.into_inner(),
+            };
+            match w.waiting.remove(&pid) {
+                Some(tx) => {
+                    let _ = tx.send(code);
+                }
+                None => {
+                    // Keep the status for a short-lived helper that has not asked
+                    // yet; orphans adopted from earlier servers never ask, so bound it.
+                    if w.early.len() > 4096 {
+                        w.early.clear();
+                    }
+                    w.early.insert(pid, code);
+                }
+            }
+        }
+    }
+
+    /// Waits for child `pid` to exit.
+    pub async fn wait(&self, pid: i32) -> ExitCode {
+        let rx = {
+            let mut w = match self.inner.lock() {
+                Ok(w) => w,
+                Err(p) => p.into_inner(),
+            };
+            if let Some(code) = w.early.remove(&pid) {
+                return code;
+            }
+            let (tx, rx) = oneshot::channel();
+            w.waiting.insert(pid, tx);
+            rx
+        };
+        // A SIGCHLD may have come between the spawn and our registration.
+        self.reap_all();
+        rx.await.unwrap_or(-1)
+    }
+
+    /// Forgets a child whose exit nobody will ask about (e.g. a long-lived monitor).
+    pub fn forget(&self, pid: i32) {
+        let mut w = match self.inner.lock() {
+            Ok(w) => w,
+            Err(p) => p.into_inner(),
+        };
+        w.early.remove(&pid);
+    }
+}
+
+/// The binary to re-execute for helpers.
+fn self_exe() -> &'static Path {
+    Path::new("/proc/self/exe")
+}
+
+/// Runs `sycri <mode> <spec>` and returns the JSON line it prints on stdout once
+/// it is ready. The helper may keep running afterwards (a monitor does).
+pub async fn run_helper(mode: &str, spec: &Path) -> Result<(i32, String)> {
+    let mut cmd = Command::new(self_exe());
+    cmd.arg(mode)
+        .arg(spec)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::io(format!("start {mode} helper"), e))?;
+    let pid = child.id() as i32;
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::Internal("helper has no stdout".into()))?;
+    // The child is reaped by the Reaper, never through `child`.
+    drop(child);
+    let line = tokio::task::spawn_blocking(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).map(|_| s)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("{mode} helper reader: {e}")))?
+    .map_err(|e| Error::io(format!("read {mode} helper"), e))?;
+    Ok((pid, line))
+}

@@ -1,0 +1,403 @@
+//! The image store: SIF files, content-addressed by the sha256 of the file,
+//! with an index (tags, digests, what containers need from the image) that
+//! survives restarts. Also the host-side mounts of images' root filesystems,
+//! shared by every container of an image.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use sycri_native::sif::{SifError, SifImage};
+use sycri_native::util::{now_ns, write_atomic};
+
+/// The part of an OCI image config that containers use, as stored in a SIF's
+/// `oci-config.json` object.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ImageConfig {
+    pub user: String,
+    pub env: Vec<String>,
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub working_dir: String,
+    pub stop_signal: String,
+    pub labels: Option<HashMap<String, String>>,
+    pub exposed_ports: Option<HashMap<String, serde_json::Value>>,
+    pub volumes: Option<HashMap<String, serde_json::Value>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ImageRecord {
+    /// `sha256:<hex>` of the SIF file.
+    pub id: String,
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub digests: Vec<String>,
+    pub size: u64,
+    /// File name inside the store's blob directory.
+    pub file: String,
+    /// Where the root filesystem (squashfs) lies in the file.
+    pub rootfs_offset: u64,
+    pub rootfs_size: u64,
+    #[serde(default)]
+    pub config: Option<ImageConfig>,
+    pub pulled_at_ns: i64,
+}
+
+impl ImageRecord {
+    pub fn hex(&self) -> &str {
+        self.id.strip_prefix("sha256:").unwrap_or(&self.id)
+    }
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Index {
+    images: Vec<ImageRecord>,
+}
+
+pub struct ImageStore {
+    dir: PathBuf,
+    blobs: PathBuf,
+    mounts: PathBuf,
+    index: Mutex<Index>,
+}
+
+/// Largest `oci-config.json` we accept.
+const MAX_CONFIG: u64 = 1 << 20;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A local image reference (`/abs/path.sif` or `file:///abs/path.sif`) as the
+/// absolute path it names, or None when the reference is not local.
+pub fn local_path(reference: &str) -> Option<PathBuf> {
+    let p = reference.strip_prefix("file://").unwrap_or(reference);
+    p.starts_with('/').then(|| PathBuf::from(p))
+}
+
+/// The tag a reference is stored under: local files by their plain path.
+pub fn normalize(reference: &str) -> String {
+    match local_path(reference) {
+        Some(p) => p.to_string_lossy().into_owned(),
+        None => reference.to_string(),
+    }
+}
+
+fn sif_error(source: &str, e: SifError) -> Error {
+    match e {
+        SifError::Io(io) => Error::io(format!("read {source}"), io),
+        other => Error::InvalidArgument(format!("{source}: {other}")),
+    }
+}
+
+impl ImageStore {
+    pub fn open(storage_dir: &Path, run_dir: &Path) -> Result<ImageStore> {
+        let dir = storage_dir.join("images");
+        let blobs = dir.join("sha256");
+        let mounts = run_dir.join("images");
+        for d in [&dir, &blobs, &mounts] {
+            fs::create_dir_all(d).map_err(|e| Error::io(format!("create {}", d.display()), e))?;
+        }
+        let index_path = dir.join("index.json");
+        let index = match fs::read(&index_path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+                Error::Internal(format!(
+                    "image index {} is corrupt: {e}",
+                    index_path.display()
+                ))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Index::default(),
+            Err(e) => return Err(Error::io(format!("read {}", index_path.display()), e)),
+        };
+        // Drop temp files of pulls that were interrupted.
+        if let Ok(rd) = fs::read_dir(&blobs) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(".pull-") {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(ImageStore {
+            dir,
+            blobs,
+            mounts,
+            index: Mutex::new(index),
+        })
+    }
+
+    fn save(&self, index: &Index) -> Result<()> {
+        let data = serde_json::to_vec_pretty(index)
+            .map_err(|e| Error::Internal(format!("encode image index: {e}")))?;
+        let p = self.dir.join("index.json");
+        write_atomic(&p, &data).map_err(|e| Error::io(format!("write {}", p.display()), e))
+    }
+
+    pub fn blob_path(&self, rec: &ImageRecord) -> PathBuf {
+        self.blobs.join(&rec.file)
+    }
+
+    /// Where the image's root filesystem is mounted (shared by its containers).
+    pub fn mount_point(&self, rec: &ImageRecord) -> PathBuf {
+        self.mounts.join(rec.hex()).join("rootfs")
+    }
+
+    /// Finds an image by id (`sha256:<hex>`, `<hex>` or a unique prefix of it), tag or digest.
+    pub fn get(&self, reference: &str) -> Option<ImageRecord> {
+        let index = lock(&self.index);
+        let norm = normalize(reference);
+        if let Some(r) = index.images.iter().find(|r| {
+            r.id == reference
+                || r.hex() == reference
+                || r.tags.contains(&norm)
+                || r.digests.iter().any(|d| d == reference)
+        }) {
+            return Some(r.clone());
+        }
+        let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
+        if hex.len() >= 6 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let mut it = index.images.iter().filter(|r| r.hex().starts_with(hex));
+            if let (Some(one), None) = (it.next(), it.next()) {
+                return Some(one.clone());
+            }
+        }
+        None
+    }
+
+    pub fn list(&self) -> Vec<ImageRecord> {
+        lock(&self.index).images.clone()
+    }
+
+    /// Pulls a SIF file from the local filesystem into the store. Blocking.
+    pub fn pull_local(&self, reference: &str, path: &Path) -> Result<ImageRecord> {
+        let mut src = File::open(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                Error::NotFound(format!("image file {} does not exist", path.display()))
+            }
+            _ => Error::io(format!("open image file {}", path.display()), e),
+        })?;
+        let meta = src
+            .metadata()
+            .map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
+        if !meta.is_file() {
+            return Err(Error::InvalidArgument(format!(
+                "image {} is not a regular file",
+                path.display()
+            )));
+        }
+        let source = path.display().to_string();
+        // Check it before copying anything.
+        let (config, offset, size) = inspect_sif(&mut src, &source)?;
+
+        let tmp = self
+            .blobs
+            .join(format!(".pull-{}-{}", std::process::id(), random_hex(8)));
+        let copied = (|| -> Result<(String, u64)> {
+            let mut out = File::create(&tmp)
+                .map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut total = 0u64;
+            use std::io::Seek;
+            src.seek(std::io::SeekFrom::Start(0))
+                .map_err(|e| Error::io("seek", e))?;
+            loop {
+                let n = src
+                    .read(&mut buf)
+                    .map_err(|e| Error::io(format!("read {source}"), e))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                out.write_all(&buf[..n])
+                    .map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
+                total += n as u64;
+            }
+            out.sync_all()
+                .map_err(|e| Error::io(format!("sync {}", tmp.display()), e))?;
+            Ok((hex::encode(hasher.finalize()), total))
+        })();
+        let (hex, total) = match copied {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        if total != meta.len() {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::FailedPrecondition(format!(
+                "{source} changed while it was being copied"
+            )));
+        }
+        let file = format!("{hex}.sif");
+        let dest = self.blobs.join(&file);
+        fs::rename(&tmp, &dest).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            Error::io(format!("store {}", dest.display()), e)
+        })?;
+        let tag = normalize(reference);
+        let mut index = lock(&self.index);
+        for r in index.images.iter_mut() {
+            r.tags.retain(|t| *t != tag);
+        }
+        let id = format!("sha256:{hex}");
+        let rec = match index.images.iter_mut().find(|r| r.id == id) {
+            Some(r) => {
+                r.tags.push(tag);
+                r.clone()
+            }
+            None => {
+                let rec = ImageRecord {
+                    id,
+                    tags: vec![tag],
+                    digests: Vec::new(),
+                    size: total,
+                    file,
+                    rootfs_offset: offset,
+                    rootfs_size: size,
+                    config,
+                    pulled_at_ns: now_ns(),
+                };
+                index.images.push(rec.clone());
+                rec
+            }
+        };
+        // Images that lost their last tag stay (by id) until removed, as in containerd.
+        self.save(&index)?;
+        Ok(rec)
+    }
+
+    /// Removes an image's record and file. Refuses while `in_use` says containers use it.
+    pub fn remove(
+        &self,
+        reference: &str,
+        in_use: impl Fn(&str) -> bool,
+    ) -> Result<Option<ImageRecord>> {
+        let Some(rec) = self.get(reference) else {
+            return Ok(None);
+        };
+        if in_use(&rec.id) {
+            return Err(Error::FailedPrecondition(format!(
+                "image {} is in use by a container",
+                rec.id
+            )));
+        }
+        let mut index = lock(&self.index);
+        index.images.retain(|r| r.id != rec.id);
+        self.save(&index)?;
+        drop(index);
+        let mp = self.mount_point(&rec);
+        sycri_native::mounts::unmount(&mp).map_err(|e| Error::Internal(e.to_string()))?;
+        let _ = fs::remove_dir_all(self.mounts.join(rec.hex()));
+        match fs::remove_file(self.blob_path(&rec)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove image file", e)),
+        }
+        Ok(Some(rec))
+    }
+
+    /// Mounts the image's root filesystem if it is not mounted yet. Blocking.
+    pub fn ensure_mounted(&self, rec: &ImageRecord) -> Result<PathBuf> {
+        let mp = self.mount_point(rec);
+        if sycri_native::mounts::is_mounted(&mp).map_err(|e| Error::Internal(e.to_string()))? {
+            return Ok(mp);
+        }
+        fs::create_dir_all(&mp).map_err(|e| Error::io(format!("create {}", mp.display()), e))?;
+        sycri_native::mounts::mount_squashfs(
+            &self.blob_path(rec),
+            rec.rootfs_offset,
+            rec.rootfs_size,
+            &mp,
+        )
+        .map_err(|e| Error::Internal(format!("mount image {}: {e}", rec.id)))?;
+        Ok(mp)
+    }
+
+    /// Unmounts the image's root filesystem (when no container uses it any more).
+    pub fn release_mount(&self, rec_id: &str) -> Result<()> {
+        let hex = rec_id.strip_prefix("sha256:").unwrap_or(rec_id);
+        let dir = self.mounts.join(hex);
+        sycri_native::mounts::unmount(&dir.join("rootfs"))
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let _ = fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    /// Bytes and inodes used by the store.
+    pub fn usage(&self) -> (u64, u64) {
+        let mut bytes = 0;
+        let mut inodes = 0;
+        if let Ok(rd) = fs::read_dir(&self.blobs) {
+            for e in rd.flatten() {
+                if let Ok(m) = e.metadata() {
+                    bytes += m.len();
+                    inodes += 1;
+                }
+            }
+        }
+        (bytes, inodes)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Validates a SIF and extracts what containers need: the image config (if any)
+/// and the root filesystem's place in the file.
+fn inspect_sif(f: &mut File, source: &str) -> Result<(Option<ImageConfig>, u64, u64)> {
+    let sif = SifImage::parse(f).map_err(|e| sif_error(source, e))?;
+    let part = sif
+        .check_primary_squashfs(f)
+        .map_err(|e| sif_error(source, e))?
+        .clone();
+    if let Some((_, _, arch)) = part.partition() {
+        let host = sycri_native::sif::host_arch();
+        if arch != host && arch != "00" {
+            return Err(Error::FailedPrecondition(format!(
+                "{source}: image is built for {} but this host runs {}",
+                sycri_native::sif::arch_name(arch).unwrap_or(arch),
+                sycri_native::sif::arch_name(host).unwrap_or(host)
+            )));
+        }
+    }
+    let config = match sif.find_generic_json("oci-config.json") {
+        Some(d) => {
+            let d = d.clone();
+            let bytes = sif
+                .read_object(f, &d, MAX_CONFIG)
+                .map_err(|e| sif_error(source, e))?;
+            Some(serde_json::from_slice::<ImageConfig>(&bytes).map_err(|e| {
+                Error::InvalidArgument(format!("{source}: oci-config.json is not valid: {e}"))
+            })?)
+        }
+        None => None,
+    };
+    Ok((config, part.offset, part.size))
+}
+
+/// `n` random bytes as hex.
+pub fn random_hex(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    let mut filled = 0;
+    while filled < n {
+        // SAFETY: getrandom writes at most `n - filled` bytes into our buffer.
+        let r = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), n - filled, 0) };
+        if r <= 0 {
+            // Fall back to the clock mixed with the pid; only ids depend on it.
+            let seed = now_ns() as u64 ^ u64::from(std::process::id()).rotate_left(32);
+            for (i, b) in buf[filled..].iter_mut().enumerate() {
+                *b = (seed >> ((i % 8) * 8)) as u8 ^ i as u8;
+            }
+            break;
+        }
+        filled += r as usize;
+    }
+    hex::encode(buf)
+}

@@ -1,0 +1,16 @@
+//! The sycri server: CRI services over a unix socket, pod, container and image
+//! state, and the glue that drives the engine (`sycri-native`) through helper
+//! processes.
+
+pub mod cli;
+pub mod config;
+pub mod containers;
+pub mod cri;
+pub mod error;
+pub mod helpers;
+pub mod images;
+pub mod pods;
+pub mod proto;
+pub mod runtime;
+pub mod server;
+pub mod userdb;

@@ -1,0 +1,88 @@
+//! Serving the CRI on a unix socket until SIGTERM or SIGINT. Stopping the
+//! server never stops containers: their monitors carry on without us.
+
+use crate::config::Config;
+use crate::cri::{ImageService, RuntimeService};
+use crate::helpers::Reaper;
+use crate::proto::cri::image_service_server::ImageServiceServer;
+use crate::proto::cri::runtime_service_server::RuntimeServiceServer;
+use crate::runtime::Runtime;
+use std::os::unix::fs::PermissionsExt;
+
+#[derive(thiserror::Error, Debug)]
+pub enum ServeError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Runtime(#[from] crate::error::Error),
+    #[error("listen on {path}: {source}")]
+    Listen {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Largest gRPC message accepted or sent (as kubelet's 16 MiB).
+const MAX_MESSAGE: usize = 16 << 20;
+
+pub async fn serve(cfg: Config) -> Result<(), ServeError> {
+    let socket = cfg.socket_path()?;
+    let reaper = Reaper::start()?;
+    let rt = Runtime::open(cfg, reaper)?;
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| ServeError::Listen {
+            path: socket.display().to_string(),
+            source,
+        })?;
+    }
+    match std::fs::remove_file(&socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(ServeError::Listen {
+                path: socket.display().to_string(),
+                source,
+            })
+        }
+    }
+    let listener =
+        tokio::net::UnixListener::bind(&socket).map_err(|source| ServeError::Listen {
+            path: socket.display().to_string(),
+            source,
+        })?;
+    let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660));
+    tracing::info!(socket = %socket.display(), "sycri serving the CRI");
+
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("cannot watch SIGTERM: {e}");
+                    return std::future::pending().await;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping the server; containers keep running"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping the server; containers keep running"),
+        }
+    };
+    tonic::transport::Server::builder()
+        .add_service(
+            RuntimeServiceServer::new(RuntimeService::new(rt.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            ImageServiceServer::new(ImageService::new(rt.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
