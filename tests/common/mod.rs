@@ -1,0 +1,493 @@
+//! Test harness: starts the real `sycri` binary on a private socket and private
+//! directories, connects a tonic client over the unix socket, and audits what
+//! is left behind (mounts, loop devices, processes).
+
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant};
+use sycri::proto::cri;
+use sycri::proto::cri::image_service_client::ImageServiceClient;
+use sycri::proto::cri::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+pub type Rt = RuntimeServiceClient<Channel>;
+pub type Img = ImageServiceClient<Channel>;
+
+static SERVER_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+static REAPER: Once = Once::new();
+
+/// Helpers and containers outlive a killed server. An init would reap them once
+/// they end; this machine's pid 1 does not, so the test process takes that role:
+/// it becomes a child subreaper and reaps every zombie child that is not a
+/// server it is still tracking.
+fn start_reaper() {
+    REAPER.call_once(|| {
+        // SAFETY: prctl with integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        std::thread::spawn(|| loop {
+            let me = std::process::id();
+            let tracked: HashSet<u32> = SERVER_PIDS
+                .lock()
+                .map(|v| v.iter().copied().collect())
+                .unwrap_or_default();
+            if let Ok(rd) = std::fs::read_dir("/proc") {
+                for e in rd.flatten() {
+                    let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                        continue;
+                    };
+                    if tracked.contains(&pid) {
+                        continue;
+                    }
+                    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                        continue;
+                    };
+                    let Some(close) = stat.rfind(')') else {
+                        continue;
+                    };
+                    let f: Vec<&str> = stat[close + 2..].split(' ').collect();
+                    if f.first() == Some(&"Z")
+                        && f.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(me)
+                    {
+                        let mut st = 0;
+                        // SAFETY: waitpid on a zombie child of ours, status into a local.
+                        unsafe { libc::waitpid(pid as i32, &mut st, libc::WNOHANG) };
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        });
+    });
+}
+
+/// Where the shared SIF fixtures are, or None (tests then say they were skipped).
+pub fn fixtures() -> Option<PathBuf> {
+    let dir = std::env::var_os("SYCRI_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/sif"));
+    dir.join("busybox_amd64.sif").exists().then_some(dir)
+}
+
+/// The busybox SIF fixture, or None with a SKIPPED line on stderr.
+pub fn busybox_sif(test: &str) -> Option<PathBuf> {
+    match fixtures() {
+        Some(d) => Some(d.join("busybox_amd64.sif")),
+        None => {
+            eprintln!(
+                "SKIPPED {test}: SIF fixtures not found (set SYCRI_FIXTURES or provide ../shared)"
+            );
+            None
+        }
+    }
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no arguments and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub rt: Rt,
+    pub img: Img,
+}
+
+impl Server {
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("cri.sock")
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    pub fn storage_dir(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    /// Starts sycri on fresh directories.
+    pub async fn start() -> Server {
+        start_reaper();
+        let dir = tempfile::Builder::new()
+            .prefix("sy")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let (child, rt, img) = spawn(dir.path()).await;
+        Server {
+            dir,
+            child: Some(child),
+            rt,
+            img,
+        }
+    }
+
+    /// Kills the server with SIGKILL (containers live on).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            untrack(c.id());
+        }
+    }
+
+    /// Stops the server with SIGTERM and waits for it.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("server running");
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let st = c.wait().expect("wait server");
+        untrack(c.id());
+        st
+    }
+
+    /// Starts the server again on the same directories.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the server first");
+        let (child, rt, img) = spawn(self.dir.path()).await;
+        self.child = Some(child);
+        self.rt = rt;
+        self.img = img;
+    }
+
+    /// Pulls the busybox fixture.
+    pub async fn pull(&mut self, path: &Path) -> String {
+        self.img
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: path.to_string_lossy().into_owned(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect("pull image")
+            .into_inner()
+            .image_ref
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Best effort: remove what a failed test left, so one failure does not
+        // leak into the next test; the audit has already judged.
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            untrack(c.id());
+        }
+        kill_processes_under(self.dir.path());
+        for m in mounts_under(self.dir.path()) {
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+fn untrack(pid: u32) {
+    if let Ok(mut v) = SERVER_PIDS.lock() {
+        v.retain(|p| *p != pid);
+    }
+}
+
+async fn spawn(dir: &Path) -> (Child, Rt, Img) {
+    let sock = dir.join("cri.sock");
+    let _ = std::fs::remove_file(&sock);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .expect("server log");
+    let child = Command::new(env!("CARGO_BIN_EXE_sycri"))
+        .arg("--listen")
+        .arg(format!("unix://{}", sock.display()))
+        .arg("--storage-dir")
+        .arg(dir.join("store"))
+        .arg("--run-dir")
+        .arg(dir.join("run"))
+        .arg("--log-level")
+        .arg("debug")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .expect("start sycri");
+    if let Ok(mut v) = SERVER_PIDS.lock() {
+        v.push(child.id());
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "sycri did not create its socket; log:\n{}",
+            server_log(dir)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let channel = connect(&sock).await;
+    (
+        child,
+        RuntimeServiceClient::new(channel.clone()),
+        ImageServiceClient::new(channel),
+    )
+}
+
+pub fn server_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+}
+
+pub async fn connect(sock: &Path) -> Channel {
+    let sock = sock.to_path_buf();
+    Endpoint::try_from("http://sycri.invalid")
+        .expect("endpoint")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let sock = sock.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(sock).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect to sycri")
+}
+
+/// Mount points at or below `dir` in our mount namespace.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut v: Vec<PathBuf> = sycri_native::mounts::parse_mountinfo(&info)
+        .into_iter()
+        .map(|m| m.mount_point)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    v
+}
+
+/// Loop devices whose backing file lies below `dir`.
+pub fn loops_under(dir: &Path) -> Vec<(u32, PathBuf)> {
+    sycri_native::loopdev::attached_devices()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, p)| p.starts_with(dir))
+        .collect()
+}
+
+/// Live (non-zombie) processes whose command line mentions `dir`: monitors,
+/// sandbox helpers and pod inits of a server running on `dir`.
+pub fn processes_under(dir: &Path) -> Vec<(i32, String)> {
+    let needle = dir.to_string_lossy().into_owned();
+    let servers: Vec<u32> = SERVER_PIDS.lock().map(|v| v.clone()).unwrap_or_default();
+    let mut v = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(&needle) && pid_alive(pid) && !servers.contains(&(pid as u32)) {
+                v.push((pid, cmd));
+            }
+        }
+    }
+    v
+}
+
+fn kill_processes_under(dir: &Path) {
+    for (pid, _) in processes_under(dir) {
+        // SAFETY: kill(2) with integer arguments.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn pid_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rfind(')')
+            .map(|i| !s[i + 2..].starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Asserts that nothing of the server on `dir` remains but the server itself:
+/// no mount, no loop device over its files, no helper process, none of `pids`.
+pub fn assert_no_leaks(dir: &Path, pids: &[i32]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mounts = mounts_under(dir);
+        let loops = loops_under(dir);
+        let procs = processes_under(dir);
+        let live: Vec<i32> = pids.iter().copied().filter(|p| pid_alive(*p)).collect();
+        if mounts.is_empty() && loops.is_empty() && procs.is_empty() && live.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "leaks under {}:\n mounts {mounts:?}\n loop devices {loops:?}\n processes {procs:?}\n container pids still alive {live:?}",
+                dir.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: log_dir.to_string_lossy().into_owned(),
+        labels: [("app".to_string(), name.to_string())].into(),
+        linux: Some(cri::LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    }
+}
+
+pub fn container_config(name: &str, image: &str, command: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        labels: [("c".to_string(), name.to_string())].into(),
+        linux: Some(cri::LinuxContainerConfig::default()),
+        ..Default::default()
+    }
+}
+
+pub async fn run_pod(rt: &mut Rt, config: cri::PodSandboxConfig) -> String {
+    rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(config),
+        runtime_handler: String::new(),
+    })
+    .await
+    .expect("run pod")
+    .into_inner()
+    .pod_sandbox_id
+}
+
+pub async fn create(
+    rt: &mut Rt,
+    pod: &str,
+    pod_cfg: &cri::PodSandboxConfig,
+    cfg: cri::ContainerConfig,
+) -> Result<String, tonic::Status> {
+    rt.create_container(cri::CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(cfg),
+        sandbox_config: Some(pod_cfg.clone()),
+    })
+    .await
+    .map(|r| r.into_inner().container_id)
+}
+
+pub async fn start(rt: &mut Rt, id: &str) -> Result<(), tonic::Status> {
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.into(),
+    })
+    .await
+    .map(|_| ())
+}
+
+pub async fn status(rt: &mut Rt, id: &str) -> cri::ContainerStatus {
+    rt.container_status(cri::ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: true,
+    })
+    .await
+    .expect("container status")
+    .into_inner()
+    .status
+    .expect("status present")
+}
+
+/// The container's pid from verbose status info.
+pub async fn container_pid(rt: &mut Rt, id: &str) -> Option<i32> {
+    let info = rt
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .ok()?
+        .into_inner()
+        .info;
+    let v: serde_json::Value = serde_json::from_str(info.get("info")?).ok()?;
+    v.get("pid")?.as_i64().map(|p| p as i32)
+}
+
+/// Waits until the container reaches `state`.
+pub async fn wait_state(rt: &mut Rt, id: &str, state: cri::ContainerState) -> cri::ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = status(rt, id).await;
+        if s.state == state as i32 {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "container {id} never reached {state:?}: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The content lines of a CRI log file, after checking every record's format.
+pub fn log_lines(path: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let mut it = l.splitn(4, ' ');
+            let ts = it.next().unwrap_or("");
+            assert!(
+                ts.len() == 30 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+                "bad timestamp in {l:?}"
+            );
+            let stream = it.next().unwrap_or("").to_string();
+            let tag = it.next().unwrap_or("");
+            assert!(tag == "F" || tag == "P", "bad tag in {l:?}");
+            (stream, it.next().unwrap_or("").to_string())
+        })
+        .collect()
+}
+
+/// Waits until the log holds a line equal to `want`.
+pub async fn wait_log_line(path: &Path, want: &str) -> Vec<(String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines = log_lines(path);
+        if lines.iter().any(|(_, l)| l == want) {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log {} never showed {want:?}: {lines:?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
