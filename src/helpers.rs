@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 
 pub const MONITOR_ARG: &str = "__monitor";
 pub const SANDBOX_ARG: &str = "__sandbox";
+pub const EXEC_ARG: &str = "__exec";
 
 /// Exit of a child: the code, or 128 + signal.
 pub type ExitCode = i32;
@@ -118,7 +119,7 @@ impl Reaper {
 }
 
 /// The binary to re-execute for helpers.
-fn self_exe() -> &'static Path {
+pub fn self_exe() -> &'static Path {
     Path::new("/proc/self/exe")
 }
 

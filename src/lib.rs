@@ -7,6 +7,7 @@ pub mod config;
 pub mod containers;
 pub mod cri;
 pub mod error;
+pub mod exec;
 pub mod helpers;
 pub mod images;
 pub mod pods;

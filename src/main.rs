@@ -19,6 +19,7 @@ fn main() -> ExitCode {
             Some(sycri::helpers::SANDBOX_ARG) => {
                 Some(sycri_native::sandbox::main as fn(&Path) -> i32)
             }
+            Some(sycri::helpers::EXEC_ARG) => Some(sycri_native::exec::main as fn(&Path) -> i32),
             _ => None,
         };
         if let Some(run) = helper {

@@ -5,6 +5,7 @@
 
 pub mod container;
 pub mod crilog;
+pub mod exec;
 pub mod loopdev;
 pub mod monitor;
 pub mod mounts;

@@ -227,6 +227,19 @@ impl Service for RuntimeService {
         }))
     }
 
+    async fn exec_sync(&self, req: Request<cri::ExecSyncRequest>) -> R<cri::ExecSyncResponse> {
+        let req = req.into_inner();
+        let out = self
+            .rt
+            .exec_sync(&req.container_id, req.cmd, req.timeout)
+            .await?;
+        Ok(Response::new(cri::ExecSyncResponse {
+            stdout: out.stdout,
+            stderr: out.stderr,
+            exit_code: out.exit_code,
+        }))
+    }
+
     async fn reopen_container_log(
         &self,
         req: Request<cri::ReopenContainerLogRequest>,

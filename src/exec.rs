@@ -1,0 +1,128 @@
+//! ExecSync: a command inside a running container, its output collected with
+//! bounds and a timeout. The work inside the container is done by the
+//! `__exec` helper (our binary re-executed), never by the server itself.
+
+use crate::containers::State;
+use crate::error::{Error, Result};
+use crate::helpers::{self_exe, EXEC_ARG};
+use crate::images::random_hex;
+use crate::runtime::Runtime;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use sycri_native::exec::ExecSpec;
+use sycri_native::spec::ContainerSpec;
+use sycri_native::util::write_atomic;
+
+/// Most output kept per stream; the rest is read and dropped. Both streams
+/// together stay below the 16 MiB gRPC message limit kubelet uses.
+pub const MAX_OUTPUT: usize = 6 << 20;
+
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: i32,
+}
+
+fn read_bounded(mut r: impl Read) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = MAX_OUTPUT.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+    kept
+}
+
+impl Runtime {
+    pub async fn exec_sync(&self, id: &str, cmd: Vec<String>, timeout: i64) -> Result<ExecOutput> {
+        if cmd.is_empty() {
+            return Err(Error::InvalidArgument("ExecSync needs a command".into()));
+        }
+        let (id, c) = Runtime::find(&self.containers, id)
+            .ok_or_else(|| Error::NotFound(format!("container {id:?} not found")))?;
+        let (pid, spec_path) = {
+            let mut c = c.lock().await;
+            if c.refresh() != State::Running {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {id} is not running"
+                )));
+            }
+            let pid = c.rec.pid.ok_or_else(|| Error::Internal("running container without pid".into()))?;
+            (pid, c.dir.join("spec.json"))
+        };
+        let container: ContainerSpec = serde_json::from_slice(
+            &std::fs::read(&spec_path).map_err(|e| Error::io("read container spec", e))?,
+        )
+        .map_err(|e| Error::Internal(format!("container spec: {e}")))?;
+        let spec = ExecSpec {
+            pid,
+            container,
+            args: cmd,
+            tty: false,
+        };
+        let path = self
+            .container_run_dir(&id)
+            .join(format!("exec-{}.json", random_hex(8)));
+        write_atomic(
+            &path,
+            &serde_json::to_vec(&spec).map_err(|e| Error::Internal(e.to_string()))?,
+        )
+        .map_err(|e| Error::io("write exec spec", e))?;
+        let result = self.run_exec(&path, timeout).await;
+        let _ = std::fs::remove_file(&path);
+        result
+    }
+
+    async fn run_exec(&self, spec: &std::path::Path, timeout: i64) -> Result<ExecOutput> {
+        let mut child = Command::new(self_exe())
+            .arg(EXEC_ARG)
+            .arg(spec)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env_clear()
+            .process_group(0)
+            .spawn()
+            .map_err(|e| Error::io("start exec helper", e))?;
+        let pid = child.id() as i32;
+        let out = child.stdout.take();
+        let err = child.stderr.take();
+        drop(child);
+        let out = tokio::task::spawn_blocking(move || out.map(read_bounded).unwrap_or_default());
+        let err = tokio::task::spawn_blocking(move || err.map(read_bounded).unwrap_or_default());
+        let wait = self.reaper.wait(pid);
+        let code = if timeout > 0 {
+            match tokio::time::timeout(Duration::from_secs(timeout.unsigned_abs()), wait).await {
+                Ok(code) => code,
+                Err(_) => {
+                    // The whole process group: the helper and the command it runs.
+                    // SAFETY: kill(2) with integer arguments.
+                    unsafe { libc::kill(-pid, libc::SIGKILL) };
+                    self.reaper.wait(pid).await;
+                    return Err(Error::DeadlineExceeded(format!(
+                        "command timed out after {timeout}s"
+                    )));
+                }
+            }
+        } else {
+            wait.await
+        };
+        // The command may have left children holding the pipes; end them.
+        // SAFETY: kill(2) with integer arguments.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        let stdout = out.await.map_err(|e| Error::Internal(e.to_string()))?;
+        let stderr = err.await.map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(ExecOutput {
+            stdout,
+            stderr,
+            exit_code: code,
+        })
+    }
+}
