@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod containers;
+pub mod convert;
 pub mod cri;
 pub mod error;
 pub mod exec;
@@ -12,6 +13,7 @@ pub mod helpers;
 pub mod images;
 pub mod pods;
 pub mod proto;
+pub mod registry;
 pub mod runtime;
 pub mod server;
 pub mod userdb;
