@@ -34,6 +34,12 @@ pub struct Config {
     pub stream_address: String,
     /// How long StopPodSandbox gives a container after its stop signal, in seconds.
     pub pod_stop_timeout_secs: u64,
+    /// Largest unpacked size of an image pulled from a registry (all layers),
+    /// a guard against decompression bombs.
+    pub max_image_bytes: u64,
+    /// Per-registry mirrors and plain-http settings (like containerd's hosts.toml):
+    /// `[registry.hosts."docker.io"] mirrors = ["http://127.0.0.1:5000"]`.
+    pub registry: crate::registry::RegistryConfig,
 }
 
 impl Default for Config {
@@ -47,6 +53,8 @@ impl Default for Config {
             cgroup_driver: CgroupDriver::Cgroupfs,
             stream_address: "127.0.0.1:0".to_string(),
             pod_stop_timeout_secs: 10,
+            max_image_bytes: 8 << 30,
+            registry: crate::registry::RegistryConfig::default(),
         }
     }
 }

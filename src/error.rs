@@ -27,6 +27,8 @@ pub enum Error {
     },
     #[error("{0}")]
     Internal(String),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -52,6 +54,7 @@ impl Error {
                 Code::NotFound
             }
             Error::Io { .. } | Error::Internal(_) => Code::Internal,
+            Error::Registry(e) => e.code(),
         }
     }
 }

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use sycri_native::sif::{SifError, SifImage};
@@ -80,11 +81,22 @@ pub fn local_path(reference: &str) -> Option<PathBuf> {
     p.starts_with('/').then(|| PathBuf::from(p))
 }
 
-/// The tag a reference is stored under: local files by their plain path.
+/// The name a reference is stored under: local files by their plain path,
+/// registry images by their full normalized reference (a repo digest when the
+/// reference has a digest).
 pub fn normalize(reference: &str) -> String {
-    match local_path(reference) {
-        Some(p) => p.to_string_lossy().into_owned(),
-        None => reference.to_string(),
+    if let Some(p) = local_path(reference) {
+        return p.to_string_lossy().into_owned();
+    }
+    if reference.contains("://") && !reference.starts_with("docker://") {
+        return reference.to_string();
+    }
+    match crate::registry::Reference::parse(reference) {
+        Ok(r) => match &r.digest {
+            Some(d) => format!("{}@{d}", r.name()),
+            None => r.to_string(),
+        },
+        Err(_) => reference.to_string(),
     }
 }
 
@@ -114,7 +126,8 @@ impl ImageStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Index::default(),
             Err(e) => return Err(Error::io(format!("read {}", index_path.display()), e)),
         };
-        // Drop temp files of pulls that were interrupted.
+        // Drop what interrupted pulls left.
+        let _ = fs::remove_dir_all(dir.join("tmp"));
         if let Ok(rd) = fs::read_dir(&blobs) {
             for e in rd.flatten() {
                 if e.file_name().to_string_lossy().starts_with(".pull-") {
@@ -146,7 +159,9 @@ impl ImageStore {
         self.mounts.join(rec.hex()).join("rootfs")
     }
 
-    /// Finds an image by id (`sha256:<hex>`, `<hex>` or a unique prefix of it), tag or digest.
+    /// Finds an image by id (`sha256:<hex>`, `<hex>` or a unique prefix of it), tag
+    /// or repo digest; registry references are normalized first (`busybox` is
+    /// `docker.io/library/busybox:latest`).
     pub fn get(&self, reference: &str) -> Option<ImageRecord> {
         let index = lock(&self.index);
         let norm = normalize(reference);
@@ -154,7 +169,7 @@ impl ImageStore {
             r.id == reference
                 || r.hex() == reference
                 || r.tags.contains(&norm)
-                || r.digests.iter().any(|d| d == reference)
+                || r.digests.iter().any(|d| d == reference || *d == norm)
         }) {
             return Some(r.clone());
         }
@@ -174,12 +189,18 @@ impl ImageStore {
 
     /// Pulls a SIF file from the local filesystem into the store. Blocking.
     pub fn pull_local(&self, reference: &str, path: &Path) -> Result<ImageRecord> {
-        let mut src = File::open(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                Error::NotFound(format!("image file {} does not exist", path.display()))
-            }
-            _ => Error::io(format!("open image file {}", path.display()), e),
-        })?;
+        // O_NONBLOCK: opening a FIFO must not wait for a writer; the type check
+        // below refuses anything but a regular file.
+        let mut src = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    Error::NotFound(format!("image file {} does not exist", path.display()))
+                }
+                _ => Error::io(format!("open image file {}", path.display()), e),
+            })?;
         let meta = src
             .metadata()
             .map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
@@ -234,28 +255,128 @@ impl ImageStore {
                 "{source} changed while it was being copied"
             )));
         }
+        self.insert(
+            &tmp,
+            &hex,
+            total,
+            offset,
+            size,
+            config,
+            Some(normalize(reference)),
+            None,
+        )
+    }
+
+    /// A fresh directory for a pull in progress (removed by the caller, and at
+    /// the next start if we die first).
+    pub fn temp_dir(&self) -> Result<PathBuf> {
+        let d = self.dir.join("tmp").join(random_hex(8));
+        fs::create_dir_all(&d).map_err(|e| Error::io(format!("create {}", d.display()), e))?;
+        Ok(d)
+    }
+
+    /// Adds a SIF made from a registry image (`sif` is moved into the store)
+    /// under its id (the image config's digest), with a tag and a repo digest.
+    pub fn add_converted(
+        &self,
+        sif: &Path,
+        id: &str,
+        tag: Option<String>,
+        repo_digest: Option<String>,
+    ) -> Result<ImageRecord> {
+        let hex = id
+            .strip_prefix("sha256:")
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("image id {id:?} is not a sha256 digest"))
+            })?;
+        let mut f = File::open(sif).map_err(|e| Error::io(format!("open {}", sif.display()), e))?;
+        let total = f
+            .metadata()
+            .map_err(|e| Error::io(format!("stat {}", sif.display()), e))?
+            .len();
+        let (config, offset, size) = inspect_sif(&mut f, &sif.display().to_string())?;
+        self.insert(sif, hex, total, offset, size, config, tag, repo_digest)
+    }
+
+    /// Adds a tag and a repo digest to an image already stored.
+    pub fn add_names(
+        &self,
+        id: &str,
+        tag: Option<String>,
+        repo_digest: Option<String>,
+    ) -> Result<ImageRecord> {
+        let mut index = lock(&self.index);
+        if let Some(t) = &tag {
+            for r in index.images.iter_mut() {
+                r.tags.retain(|x| x != t);
+            }
+        }
+        let rec = index
+            .images
+            .iter_mut()
+            .find(|r| r.id == id)
+            .ok_or_else(|| Error::NotFound(format!("image {id} not found")))?;
+        rec.tags.extend(tag);
+        if let Some(d) = repo_digest {
+            if !rec.digests.contains(&d) {
+                rec.digests.push(d);
+            }
+        }
+        let rec = rec.clone();
+        self.save(&index)?;
+        Ok(rec)
+    }
+
+    /// Moves `file` into the store as `<hex>.sif` and records it (or adds the
+    /// tag and digest to the record that already has this id).
+    #[allow(clippy::too_many_arguments)]
+    fn insert(
+        &self,
+        file_path: &Path,
+        hex: &str,
+        total: u64,
+        offset: u64,
+        size: u64,
+        config: Option<ImageConfig>,
+        tag: Option<String>,
+        repo_digest: Option<String>,
+    ) -> Result<ImageRecord> {
         let file = format!("{hex}.sif");
         let dest = self.blobs.join(&file);
-        fs::rename(&tmp, &dest).map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            Error::io(format!("store {}", dest.display()), e)
-        })?;
-        let tag = normalize(reference);
-        let mut index = lock(&self.index);
-        for r in index.images.iter_mut() {
-            r.tags.retain(|t| *t != tag);
-        }
         let id = format!("sha256:{hex}");
+        let mut index = lock(&self.index);
+        let exists = index.images.iter().any(|r| r.id == id);
+        if exists {
+            // Stored once: the new copy is not needed.
+            let _ = fs::remove_file(file_path);
+        } else {
+            fs::rename(file_path, &dest).map_err(|e| {
+                let _ = fs::remove_file(file_path);
+                Error::io(format!("store {}", dest.display()), e)
+            })?;
+        }
+        if let Some(t) = &tag {
+            // A tag names one image: move it.
+            for r in index.images.iter_mut() {
+                r.tags.retain(|x| x != t);
+            }
+        }
         let rec = match index.images.iter_mut().find(|r| r.id == id) {
             Some(r) => {
-                r.tags.push(tag);
+                r.tags.extend(tag);
+                if let Some(d) = repo_digest {
+                    if !r.digests.contains(&d) {
+                        r.digests.push(d);
+                    }
+                }
                 r.clone()
             }
             None => {
                 let rec = ImageRecord {
                     id,
-                    tags: vec![tag],
-                    digests: Vec::new(),
+                    tags: tag.into_iter().collect(),
+                    digests: repo_digest.into_iter().collect(),
                     size: total,
                     file,
                     rootfs_offset: offset,

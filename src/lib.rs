@@ -13,6 +13,7 @@ pub mod helpers;
 pub mod images;
 pub mod pods;
 pub mod proto;
+pub mod pull;
 pub mod registry;
 pub mod runtime;
 pub mod server;

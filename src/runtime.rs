@@ -19,7 +19,8 @@ pub struct Runtime {
     pub cfg: Config,
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
-    pub images: ImageStore,
+    pub images: Arc<ImageStore>,
+    pub puller: crate::pull::Puller,
     pub pods: RwLock<HashMap<String, Shared<Pod>>>,
     pub containers: RwLock<HashMap<String, Shared<Container>>>,
     /// Reserved pod and container names (CRI requires them to be unique).
@@ -27,6 +28,8 @@ pub struct Runtime {
     /// Serializes mounting and releasing images' root filesystems.
     pub image_mounts: Mutex<()>,
     pub reaper: Reaper,
+    /// Parent of the containers' cgroups (cgroup v2), when the host has v2.
+    pub cgroup_root: Option<PathBuf>,
 }
 
 pub(crate) fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -60,17 +63,20 @@ impl Runtime {
             std::fs::create_dir_all(&d)
                 .map_err(|e| Error::io(format!("create {}", d.display()), e))?;
         }
-        let images = ImageStore::open(&cfg.storage_dir, &run_dir)?;
+        let images = Arc::new(ImageStore::open(&cfg.storage_dir, &run_dir)?);
+        let puller = crate::pull::Puller::new(&cfg)?;
         let rt = Runtime {
             cfg,
             state_dir,
             run_dir,
             images,
+            puller,
             pods: RwLock::new(HashMap::new()),
             containers: RwLock::new(HashMap::new()),
             names: StdMutex::new(HashMap::new()),
             image_mounts: Mutex::new(()),
             reaper,
+            cgroup_root: sycri_native::cgroup::v2_root().map(|r| r.join("sycri")),
         };
         rt.recover()?;
         Ok(Arc::new(rt))
@@ -108,6 +114,11 @@ impl Runtime {
             "recovered state"
         );
         Ok(())
+    }
+
+    /// The image store, for blocking work on another thread.
+    pub fn images_handle(&self) -> Arc<ImageStore> {
+        self.images.clone()
     }
 
     pub fn reserve_name(&self, key: &str, id: &str) -> Result<()> {

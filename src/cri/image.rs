@@ -1,7 +1,7 @@
 //! ImageService: pull, list, status, remove, filesystem usage.
 
 use crate::error::Error;
-use crate::images::{local_path, ImageRecord};
+use crate::images::ImageRecord;
 use crate::proto::cri;
 use crate::proto::cri::image_service_server::ImageService as Service;
 use crate::runtime::{blocking, Runtime};
@@ -90,22 +90,15 @@ impl Service for ImageService {
     }
 
     async fn pull_image(&self, req: Request<cri::PullImageRequest>) -> R<cri::PullImageResponse> {
+        let req = req.into_inner();
         let name = req
-            .into_inner()
             .image
             .map(|i| i.image)
             .filter(|i| !i.is_empty())
             .ok_or_else(|| Error::InvalidArgument("PullImage needs an image".into()))?;
-        let Some(path) = local_path(&name) else {
-            return Err(Error::Unimplemented(format!(
-                "pulling {name:?} from a registry is not supported yet; give the path of a local .sif file"
-            ))
-            .into());
-        };
-        let rt = self.rt.clone();
-        let rec = blocking(move || rt.images.pull_local(&name, &path)).await?;
-        tracing::info!(image = %rec.id, tags = ?rec.tags, "image pulled");
-        Ok(Response::new(cri::PullImageResponse { image_ref: rec.id }))
+        let id = self.rt.pull_image(&name, req.auth).await?;
+        tracing::info!(image = %name, id = %id, "image pulled");
+        Ok(Response::new(cri::PullImageResponse { image_ref: id }))
     }
 
     async fn remove_image(
