@@ -46,6 +46,16 @@ pub struct ContainerRecord {
     /// Why the container ended when the monitor could not say (it was lost).
     #[serde(default)]
     pub lost: bool,
+    #[serde(default)]
+    pub monitor_pid: Option<i32>,
+    #[serde(default)]
+    pub monitor_start: Option<u64>,
+    /// The container's cgroup, which holds every process of it.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
+    /// Why StartContainer failed, if it did.
+    #[serde(default)]
+    pub start_error: Option<String>,
 }
 
 pub struct Container {
@@ -101,26 +111,23 @@ impl Container {
                     self.rec.exit = Some(st);
                     let _ = self.save();
                 }
-            } else if let Some(pid) = self.rec.pid {
-                if !process_alive(pid, self.rec.pid_start) {
-                    // Look once more: the monitor writes the file right after the exit.
-                    std::thread::sleep(Duration::from_millis(20));
-                    if let Ok(Some(b)) = read_optional(&self.exit_file()) {
-                        if let Ok(st) = serde_json::from_slice::<ExitStatus>(&b) {
-                            self.rec.exit = Some(st);
-                        }
+            } else if self.monitor_gone() {
+                // Look once more: the monitor may have written it just now.
+                if let Ok(Some(b)) = read_optional(&self.exit_file()) {
+                    if let Ok(st) = serde_json::from_slice::<ExitStatus>(&b) {
+                        self.rec.exit = Some(st);
                     }
-                    if self.rec.exit.is_none() {
-                        self.rec.exit = Some(ExitStatus {
-                            exit_code: 255,
-                            signal: None,
-                            finished_at_ns: now_ns(),
-                            oom_killed: false,
-                        });
-                        self.rec.lost = true;
-                    }
-                    let _ = self.save();
                 }
+                if self.rec.exit.is_none() {
+                    self.rec.exit = Some(ExitStatus {
+                        exit_code: 255,
+                        signal: None,
+                        finished_at_ns: now_ns(),
+                        oom_killed: false,
+                    });
+                    self.rec.lost = true;
+                }
+                let _ = self.save();
             }
         }
         self.state()
@@ -150,7 +157,9 @@ impl Container {
             Some(e) => (
                 e.exit_code,
                 e.finished_at_ns,
-                if self.rec.lost {
+                if self.rec.start_error.is_some() {
+                    "StartError"
+                } else if self.rec.lost {
                     "Unknown"
                 } else if e.oom_killed {
                     "OOMKilled"
@@ -174,7 +183,9 @@ impl Container {
             image_ref: self.rec.image_id.clone(),
             image_id: self.rec.image_id.clone(),
             reason: reason.to_string(),
-            message: if self.rec.lost {
+            message: if let Some(e) = &self.rec.start_error {
+                e.clone()
+            } else if self.rec.lost {
                 "the container's monitor ended without recording an exit status".into()
             } else {
                 String::new()
@@ -191,6 +202,19 @@ impl Container {
             resources: None,
             user: None,
             stop_signal: c.stop_signal,
+        }
+    }
+
+    /// Whether the container's monitor is gone (it records the exit before it
+    /// goes, so a gone monitor and no exit file means it was lost).
+    fn monitor_gone(&self) -> bool {
+        match self.rec.monitor_pid {
+            Some(m) => !process_alive(m, self.rec.monitor_start),
+            // Records without a monitor pid: judge by the container process.
+            None => self
+                .rec
+                .pid
+                .is_some_and(|p| !process_alive(p, self.rec.pid_start)),
         }
     }
 
@@ -410,6 +434,12 @@ impl Runtime {
             }
             Err(e) => {
                 self.release_name(&name_key, &id);
+                if let Some(root) = &self.cgroup_root {
+                    let cg = root.join(&id);
+                    let _ =
+                        blocking(move || sycri_native::cgroup::remove(&cg).map_err(Error::from))
+                            .await;
+                }
                 let _ = std::fs::remove_dir_all(self.container_state_dir(&id));
                 let _ = std::fs::remove_dir_all(self.container_run_dir(&id));
                 self.release_image_if_unused(&image.id, Some(&id)).await;
@@ -594,6 +624,10 @@ impl Runtime {
             }
         };
         let control_socket = run.join("ctl.sock");
+        let cgroup = self.cgroup_root.as_ref().map(|r| r.join(id));
+        if let Some(cg) = &cgroup {
+            sycri_native::cgroup::create(cg)?;
+        }
         let spec = ContainerSpec {
             id: id.to_string(),
             image_rootfs: rootfs,
@@ -631,6 +665,7 @@ impl Runtime {
             },
             log_path: log_path.clone(),
             control_socket: control_socket.clone(),
+            cgroup: cgroup.clone(),
             exit_file: state.join("exit.json"),
         };
         write_atomic(&state.join("config.pb"), &config.encode_to_vec())
@@ -677,6 +712,10 @@ impl Runtime {
                 control_socket,
                 exit: None,
                 lost: false,
+                monitor_pid: Some(monitor),
+                monitor_start: process_start_time(monitor),
+                cgroup,
+                start_error: None,
             },
             config,
             dir: state,
@@ -736,7 +775,11 @@ impl Runtime {
             }
         }
         let started = now_ns();
-        Runtime::monitor_request(&c.rec.control_socket, &Request::Start).await?;
+        if let Err(e) = Runtime::monitor_request(&c.rec.control_socket, &Request::Start).await {
+            c.rec.start_error = Some(e.to_string());
+            let _ = c.save();
+            return Err(e);
+        }
         c.rec.started_at_ns = Some(started);
         c.save()?;
         tracing::info!(container = %id, "container started");
@@ -760,6 +803,7 @@ impl Runtime {
         if c.state() == State::Running && timeout > 0 {
             signal_process(pid, start, c.rec.stop_signal);
             if wait_exit(&mut c, Duration::from_secs(timeout.unsigned_abs())).await {
+                kill_cgroup(&c).await;
                 tracing::info!(container = %id, "container stopped");
                 return Ok(());
             }
@@ -770,6 +814,7 @@ impl Runtime {
                 "container {id} did not exit after SIGKILL"
             )));
         }
+        kill_cgroup(&c).await;
         tracing::info!(container = %id, "container killed");
         Ok(())
     }
@@ -780,6 +825,9 @@ impl Runtime {
         };
         self.stop_container(&id, 0).await?;
         let c = c.lock().await;
+        if let Some(cg) = c.rec.cgroup.clone() {
+            blocking(move || sycri_native::cgroup::remove(&cg).map_err(Error::from)).await?;
+        }
         for d in [self.container_run_dir(&id), c.dir.clone()] {
             match std::fs::remove_dir_all(&d) {
                 Ok(()) => {}
@@ -887,6 +935,13 @@ impl Runtime {
             )));
         }
         Runtime::monitor_request(&c.rec.control_socket, &Request::ReopenLog).await
+    }
+}
+
+/// Ends whatever the container left running (children in a shared pid namespace).
+async fn kill_cgroup(c: &Container) {
+    if let Some(cg) = c.rec.cgroup.clone() {
+        let _ = blocking(move || sycri_native::cgroup::kill(&cg).map_err(Error::from)).await;
     }
 }
 

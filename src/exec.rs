@@ -54,7 +54,10 @@ impl Runtime {
                     "container {id} is not running"
                 )));
             }
-            let pid = c.rec.pid.ok_or_else(|| Error::Internal("running container without pid".into()))?;
+            let pid = c
+                .rec
+                .pid
+                .ok_or_else(|| Error::Internal("running container without pid".into()))?;
             (pid, c.dir.join("spec.json"))
         };
         let container: ContainerSpec = serde_json::from_slice(

@@ -58,7 +58,11 @@ fn join(pid: i32) -> Result<(), Failure> {
             _ => false,
         };
         if !same {
-            fds.push((File::open(&theirs).map_err(|e| fail(&theirs, e))?, flag, name));
+            fds.push((
+                File::open(&theirs).map_err(|e| fail(&theirs, e))?,
+                flag,
+                name,
+            ));
         }
     }
     for (f, flag, name) in fds {
@@ -75,9 +79,11 @@ fn run_child(spec: &ExecSpec) -> ! {
         Ok(never) => match never {},
     };
     eprintln!("sycri exec: {err}");
-    let code = match err.kind {
-        FailureKind::NotFound => 127,
-        _ => EXEC_FAILED,
+    // As shells do: 127 when the command does not exist, 126 when it cannot run.
+    let code = if err.message.contains("not found") || err.message.contains("ENOENT") {
+        127
+    } else {
+        EXEC_FAILED
     };
     std::process::exit(code)
 }
@@ -94,6 +100,12 @@ pub fn main(spec_path: &Path) -> i32 {
             return EXEC_FAILED;
         }
     };
+    if let Some(cg) = &spec.container.cgroup {
+        if let Err(f) = crate::cgroup::join(cg) {
+            eprintln!("sycri exec: {f}");
+            return EXEC_FAILED;
+        }
+    }
     if let Err(f) = join(spec.pid) {
         eprintln!("sycri exec: {f}");
         return EXEC_FAILED;

@@ -3,6 +3,7 @@
 //! Everything here is synchronous and free of gRPC and tokio. This crate is the only
 //! place in sycri that calls mount(2), unshare(2), setns(2) or pivot_root(2).
 
+pub mod cgroup;
 pub mod container;
 pub mod crilog;
 pub mod exec;

@@ -151,6 +151,15 @@ fn child(
     start: OwnedFd,
     report_fd: RawFd,
 ) -> ! {
+    // Join the container's cgroup first, so that everything the container ever
+    // starts can be found and ended.
+    if let Some(cg) = &spec.cgroup {
+        if let Err(e) = crate::cgroup::join(cg) {
+            let mut sync = File::from(sync);
+            container::report(&mut sync, &Err(e));
+            std::process::exit(127);
+        }
+    }
     // The server reads the monitor's report pipe until EOF; our copy must not keep
     // it open while we wait for the start signal.
     // SAFETY: closes a descriptor this process never touches again; we never
@@ -396,12 +405,18 @@ impl Monitor<'_> {
                 self.reap();
             }
         }
-        self.drain(&mut buf);
+        // Record the exit first: a process the container left behind may hold
+        // its output open, and the status must not wait for that.
         if let Some(status) = &self.exit {
             if let Ok(data) = serde_json::to_vec(status) {
                 let _ = write_atomic(&self.spec.exit_file, &data);
             }
         }
+        // The container is over: nothing of it may outlive it.
+        if let Some(cg) = &self.spec.cgroup {
+            let _ = crate::cgroup::kill(cg);
+        }
+        self.drain(&mut buf);
     }
 
     /// Moves what is readable on one stream into the log. Returns false at EOF.

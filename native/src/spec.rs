@@ -104,6 +104,9 @@ pub struct ContainerSpec {
     pub log_path: Option<PathBuf>,
     /// The monitor's control socket.
     pub control_socket: PathBuf,
+    /// The container's own cgroup (v2), which every process of it joins.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
     /// Where the monitor records the exit status.
     pub exit_file: PathBuf,
 }

@@ -235,8 +235,8 @@ async fn spawn(dir: &Path) -> (Child, Rt, Img) {
     let channel = connect(&sock).await;
     (
         child,
-        RuntimeServiceClient::new(channel.clone()),
-        ImageServiceClient::new(channel),
+        RuntimeServiceClient::new(channel.clone()).max_decoding_message_size(16 << 20),
+        ImageServiceClient::new(channel).max_decoding_message_size(16 << 20),
     )
 }
 
@@ -490,4 +490,295 @@ pub async fn wait_log_line(path: &Path, want: &str) -> Vec<(String, String)> {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers for the restart, leak and bad-input tests.
+
+/// Asserts the server still answers (Version) after whatever came before.
+pub async fn assert_serving(rt: &mut Rt, after: &str) {
+    let v = rt
+        .version(cri::VersionRequest::default())
+        .await
+        .unwrap_or_else(|e| panic!("server stopped serving after {after}: {e}"))
+        .into_inner();
+    assert_eq!(v.runtime_name, "sycri", "after {after}");
+}
+
+/// Persistent and runtime directories the server keeps for pod `id`.
+pub fn pod_dirs(s: &Server, id: &str) -> [PathBuf; 2] {
+    [
+        s.storage_dir().join("state").join("pods").join(id),
+        s.run_dir().join("pods").join(id),
+    ]
+}
+
+/// Persistent and runtime directories the server keeps for container `id`.
+pub fn container_dirs(s: &Server, id: &str) -> [PathBuf; 2] {
+    [
+        s.storage_dir().join("state").join("containers").join(id),
+        s.run_dir().join("c").join(id),
+    ]
+}
+
+/// Entries of the image store's blob directory (pulled SIFs and temp files).
+pub fn image_blobs(s: &Server) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(s.storage_dir().join("images").join("sha256"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// (id, state) of every container ListContainers reports.
+pub async fn list_containers(rt: &mut Rt) -> Vec<(String, i32)> {
+    rt.list_containers(cri::ListContainersRequest::default())
+        .await
+        .expect("list containers")
+        .into_inner()
+        .containers
+        .into_iter()
+        .map(|c| (c.id, c.state))
+        .collect()
+}
+
+/// (id, state) of every pod ListPodSandbox reports.
+pub async fn list_pods(rt: &mut Rt) -> Vec<(String, i32)> {
+    rt.list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .expect("list pods")
+        .into_inner()
+        .items
+        .into_iter()
+        .map(|p| (p.id, p.state))
+        .collect()
+}
+
+pub async fn list_images(img: &mut Img) -> Vec<cri::Image> {
+    img.list_images(cri::ListImagesRequest::default())
+        .await
+        .expect("list images")
+        .into_inner()
+        .images
+}
+
+pub async fn stop_container(rt: &mut Rt, id: &str, timeout: i64) -> Result<(), tonic::Status> {
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: id.into(),
+        timeout,
+    })
+    .await
+    .map(|_| ())
+}
+
+pub async fn remove_container(rt: &mut Rt, id: &str) -> Result<(), tonic::Status> {
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: id.into(),
+    })
+    .await
+    .map(|_| ())
+}
+
+pub async fn stop_pod(rt: &mut Rt, id: &str) -> Result<(), tonic::Status> {
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .map(|_| ())
+}
+
+pub async fn remove_pod(rt: &mut Rt, id: &str) -> Result<(), tonic::Status> {
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .map(|_| ())
+}
+
+/// The pod's init pid from verbose PodSandboxStatus info (None when it has none).
+pub async fn pod_init_pid(rt: &mut Rt, pod: &str) -> Option<i32> {
+    let info = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.into(),
+            verbose: true,
+        })
+        .await
+        .expect("pod status")
+        .into_inner()
+        .info;
+    let v: serde_json::Value =
+        serde_json::from_str(info.get("info").expect("verbose pod status has info"))
+            .expect("pod info is JSON");
+    v.get("pid")?.as_i64().map(|p| p as i32)
+}
+
+/// PullImage of `reference`, the image_ref or the error.
+pub async fn pull_ref(img: &mut Img, reference: &str) -> Result<String, tonic::Status> {
+    img.pull_image(cri::PullImageRequest {
+        image: Some(cri::ImageSpec {
+            image: reference.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner().image_ref)
+}
+
+/// A CRI bind mount.
+pub fn bind(host: &Path, container: &str) -> cri::Mount {
+    cri::Mount {
+        host_path: host.to_string_lossy().into_owned(),
+        container_path: container.into(),
+        ..Default::default()
+    }
+}
+
+/// Namespace options with the given pid mode (network and ipc per pod).
+pub fn pid_mode(mode: cri::NamespaceMode) -> cri::NamespaceOption {
+    cri::NamespaceOption {
+        pid: mode as i32,
+        network: cri::NamespaceMode::Pod as i32,
+        ipc: cri::NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}
+
+/// A pod config whose sandbox uses `ns`.
+pub fn pod_config_ns(
+    name: &str,
+    log_dir: &Path,
+    ns: cri::NamespaceOption,
+) -> cri::PodSandboxConfig {
+    let mut c = pod_config(name, log_dir);
+    c.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(ns),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    c
+}
+
+/// A container config whose process uses `ns`.
+pub fn container_config_ns(
+    name: &str,
+    image: &str,
+    command: &[&str],
+    ns: cri::NamespaceOption,
+) -> cri::ContainerConfig {
+    let mut c = container_config(name, image, command);
+    c.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(ns),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    c
+}
+
+/// Waits (bounded) until `f` holds; panics with `what` otherwise.
+pub async fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The pid namespace of `pid` (the `pid:[inode]` link), if it exists.
+pub fn pid_ns_of(pid: i32) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok()
+}
+
+/// Live processes in pid namespace `ns` (as returned by [`pid_ns_of`]).
+pub fn pids_in_ns(ns: &Path) -> Vec<i32> {
+    let mut v = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            if pid_ns_of(pid).as_deref() == Some(ns) && pid_alive(pid) {
+                v.push(pid);
+            }
+        }
+    }
+    v
+}
+
+/// What is left under the server's directory besides the pods in `pods` (their
+/// pinned namespaces, shm and init) and the mounts in `allowed`: stray mounts,
+/// loop devices and helper processes, described for a failure message.
+pub fn leftovers_besides(s: &Server, pods: &[&str], allowed: &[PathBuf]) -> Vec<String> {
+    let pod_runs: Vec<PathBuf> = pods
+        .iter()
+        .map(|p| s.run_dir().join("pods").join(p))
+        .collect();
+    let mut v = Vec::new();
+    for m in mounts_under(s.dir.path()) {
+        if !pod_runs.iter().any(|r| m.starts_with(r)) && !allowed.contains(&m) {
+            v.push(format!("mount {}", m.display()));
+        }
+    }
+    let loops = loops_under(s.dir.path());
+    // One loop device per image mount that may stay.
+    let images_allowed = allowed
+        .iter()
+        .filter(|p| p.starts_with(s.run_dir().join("images")))
+        .count();
+    if loops.len() > images_allowed {
+        v.push(format!("loop devices {loops:?}"));
+    }
+    for (pid, cmd) in processes_under(s.dir.path()) {
+        if !pod_runs.iter().any(|r| cmd.contains(&*r.to_string_lossy())) {
+            v.push(format!("process {pid} {cmd}"));
+        }
+    }
+    v
+}
+
+/// Waits (bounded) until [`leftovers_besides`] is empty, and panics with what is left.
+pub async fn assert_only_pods_left(s: &Server, pods: &[&str], allowed: &[PathBuf]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = leftovers_besides(s, pods, allowed);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind under {}:\n {}",
+            s.dir.path().display(),
+            left.join("\n ")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Where the server mounts image `image_ref`'s root filesystem.
+pub fn image_mount_point(s: &Server, image_ref: &str) -> PathBuf {
+    s.run_dir()
+        .join("images")
+        .join(image_ref.strip_prefix("sha256:").unwrap_or(image_ref))
+        .join("rootfs")
+}
+
+/// Names of the entries of `dir` (empty when it does not exist).
+pub fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }

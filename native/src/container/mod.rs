@@ -187,7 +187,7 @@ pub fn find_executable(cmd: &str, env: &[String]) -> Result<PathBuf> {
         }
     }
     Err(Failure::new(
-        FailureKind::NotFound,
+        FailureKind::InvalidArgument,
         format!("executable file {cmd:?} not found in $PATH ({path})"),
     ))
 }
@@ -221,7 +221,7 @@ pub fn exec(spec: &ContainerSpec) -> Result<std::convert::Infallible> {
     match execve(&exe_c, &argv, &envp) {
         Err(e) => {
             let kind = match e {
-                nix::errno::Errno::ENOENT => FailureKind::NotFound,
+                nix::errno::Errno::ENOENT => FailureKind::InvalidArgument,
                 nix::errno::Errno::EACCES | nix::errno::Errno::EPERM => {
                     FailureKind::PermissionDenied
                 }
