@@ -37,6 +37,8 @@ pub struct Config {
     /// Largest unpacked size of an image pulled from a registry (all layers),
     /// a guard against decompression bombs.
     pub max_image_bytes: u64,
+    /// The Sylabs library API used for `library://` images without a host.
+    pub library_url: String,
     /// Per-registry mirrors and plain-http settings (like containerd's hosts.toml):
     /// `[registry.hosts."docker.io"] mirrors = ["http://127.0.0.1:5000"]`.
     pub registry: crate::registry::RegistryConfig,
@@ -54,6 +56,7 @@ impl Default for Config {
             stream_address: "127.0.0.1:0".to_string(),
             pod_stop_timeout_secs: 10,
             max_image_bytes: 8 << 30,
+            library_url: "https://library.sylabs.io".to_string(),
             registry: crate::registry::RegistryConfig::default(),
         }
     }

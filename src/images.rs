@@ -503,6 +503,23 @@ fn inspect_sif(f: &mut File, source: &str) -> Result<(Option<ImageConfig>, u64, 
     Ok((config, part.offset, part.size))
 }
 
+/// `sha256:<hex>` of a file's content.
+pub fn file_digest(path: &Path) -> Result<String> {
+    let mut f = File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+}
+
 /// `n` random bytes as hex.
 pub fn random_hex(n: usize) -> String {
     let mut buf = vec![0u8; n];
