@@ -20,15 +20,28 @@ use sycri_native::util::{now_ns, write_atomic};
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct ImageConfig {
+    #[serde(deserialize_with = "null_as_default")]
     pub user: String,
+    #[serde(deserialize_with = "null_as_default")]
     pub env: Vec<String>,
     pub entrypoint: Option<Vec<String>>,
     pub cmd: Option<Vec<String>>,
+    #[serde(deserialize_with = "null_as_default")]
     pub working_dir: String,
+    #[serde(deserialize_with = "null_as_default")]
     pub stop_signal: String,
     pub labels: Option<HashMap<String, String>>,
     pub exposed_ports: Option<HashMap<String, serde_json::Value>>,
     pub volumes: Option<HashMap<String, serde_json::Value>>,
+}
+
+/// Image configs written by some tools say `"Env": null`: read null as empty.
+fn null_as_default<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

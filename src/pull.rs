@@ -56,6 +56,16 @@ impl Puller {
     }
 }
 
+/// A pull's working directory, removed when the pull ends in any way, also when
+/// the client gives up and the request's future is dropped.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn credentials(auth: Option<cri::AuthConfig>) -> Option<Credentials> {
     auth.map(|a| Credentials {
         username: a.username,
@@ -87,10 +97,8 @@ impl Runtime {
         {
             let slot = self.puller.slot(image);
             let _guard = slot.lock().await;
-            let dir = self.images.temp_dir()?;
-            let result = self.pull_sif_source(image, credentials(auth), &dir).await;
-            let _ = tokio::fs::remove_dir_all(&dir).await;
-            return result;
+            let dir = TempDir(self.images.temp_dir()?);
+            return self.pull_sif_source(image, credentials(auth), &dir.0).await;
         }
         let reference = Reference::parse(image)?;
         let key = reference.to_string();

@@ -161,7 +161,7 @@ pub struct ConvertStats {
 /// `InvalidLayer`, `Unsafe`, `InvalidConfig` → InvalidArgument (the image is bad);
 /// `TooLarge` → ResourceExhausted; `ToolMissing` → FailedPrecondition (host setup);
 /// `Tool`, `Io`, `Sif` → Internal. `From<ConvertError> for crate::error::Error` does
-/// this (TooLarge becomes FailedPrecondition, as there is no ResourceExhausted).
+/// this.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConvertError {
@@ -213,9 +213,8 @@ impl From<ConvertError> for crate::error::Error {
             | ConvertError::InvalidLayer { .. }
             | ConvertError::Unsafe { .. }
             | ConvertError::InvalidConfig(_) => Error::InvalidArgument(e.to_string()),
-            ConvertError::TooLarge { .. } | ConvertError::ToolMissing { .. } => {
-                Error::FailedPrecondition(e.to_string())
-            }
+            ConvertError::TooLarge { .. } => Error::ResourceExhausted(e.to_string()),
+            ConvertError::ToolMissing { .. } => Error::FailedPrecondition(e.to_string()),
             ConvertError::Io { context, source } => Error::Io { context, source },
             ConvertError::Tool { .. } | ConvertError::Sif(_) => Error::Internal(e.to_string()),
         }
