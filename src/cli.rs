@@ -33,6 +33,12 @@ pub struct Args {
     /// Streaming server address for exec, attach and port-forward (host:port).
     #[arg(long, value_name = "HOST:PORT")]
     pub stream_address: Option<String>,
+    /// CNI network config directory (default /etc/cni/net.d).
+    #[arg(long, value_name = "DIR")]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// CNI plugin directory; repeat for several (default /opt/cni/bin, /usr/lib/cni).
+    #[arg(long = "cni-bin-dir", value_name = "DIR")]
+    pub cni_bin_dirs: Vec<PathBuf>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -74,6 +80,12 @@ impl Args {
         }
         if let Some(v) = self.stream_address {
             c.stream_address = v;
+        }
+        if let Some(v) = self.cni_conf_dir {
+            c.cni_conf_dir = v;
+        }
+        if !self.cni_bin_dirs.is_empty() {
+            c.cni_bin_dirs = self.cni_bin_dirs;
         }
         c.socket_path().map_err(|e| e.to_string())?;
         Ok((c, self.print_config))

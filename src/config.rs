@@ -7,6 +7,9 @@ pub const DEFAULT_SOCKET: &str = "unix:///var/run/singularity.sock";
 pub const DEFAULT_STORAGE_DIR: &str = "/var/lib/singularity";
 pub const DEFAULT_RUN_DIR: &str = "/var/run/singularity";
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/sycri/sycri.toml";
+pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
+/// The usual place, then Debian's (containernetworking-plugins).
+pub const DEFAULT_CNI_BIN_DIRS: &[&str] = &["/opt/cni/bin", "/usr/lib/cni"];
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -39,6 +42,14 @@ pub struct Config {
     pub max_image_bytes: u64,
     /// The Sylabs library API used for `library://` images without a host.
     pub library_url: String,
+    /// CNI network configs (`*.conflist`, `*.conf`, `*.json`); the first by
+    /// file name that parses is the pod network.
+    pub cni_conf_dir: PathBuf,
+    /// Where CNI plugin binaries are looked up, in order (also CNI_PATH).
+    pub cni_bin_dirs: Vec<PathBuf>,
+    /// Runtime handler names RunPodSandbox accepts besides "" (all run on
+    /// sycri's engine; a RuntimeClass's handler must be listed here).
+    pub runtime_handlers: Vec<String>,
     /// Per-registry mirrors and plain-http settings (like containerd's hosts.toml):
     /// `[registry.hosts."docker.io"] mirrors = ["http://127.0.0.1:5000"]`.
     pub registry: crate::registry::RegistryConfig,
@@ -57,6 +68,9 @@ impl Default for Config {
             pod_stop_timeout_secs: 10,
             max_image_bytes: 8 << 30,
             library_url: "https://library.sylabs.io".to_string(),
+            cni_conf_dir: PathBuf::from(DEFAULT_CNI_CONF_DIR),
+            cni_bin_dirs: DEFAULT_CNI_BIN_DIRS.iter().map(PathBuf::from).collect(),
+            runtime_handlers: Vec::new(),
             registry: crate::registry::RegistryConfig::default(),
         }
     }
@@ -126,6 +140,11 @@ mod tests {
         );
         assert_eq!(c.storage_dir, PathBuf::from("/var/lib/singularity"));
         assert_eq!(c.state_dir(), PathBuf::from("/var/lib/singularity/state"));
+        assert_eq!(c.cni_conf_dir, PathBuf::from("/etc/cni/net.d"));
+        assert_eq!(
+            c.cni_bin_dirs,
+            vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]
+        );
     }
 
     #[test]

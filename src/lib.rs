@@ -3,6 +3,7 @@
 //! processes.
 
 pub mod cli;
+pub mod cni;
 pub mod config;
 pub mod containers;
 pub mod convert;

@@ -30,6 +30,8 @@ pub struct Runtime {
     pub reaper: Reaper,
     /// Parent of the containers' cgroups (cgroup v2), when the host has v2.
     pub cgroup_root: Option<PathBuf>,
+    /// Pod networking: CNI configs and plugins.
+    pub cni: crate::cni::Cni,
 }
 
 pub(crate) fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -65,6 +67,7 @@ impl Runtime {
         }
         let images = Arc::new(ImageStore::open(&cfg.storage_dir, &run_dir)?);
         let puller = crate::pull::Puller::new(&cfg)?;
+        let cni = crate::cni::Cni::new(cfg.cni_conf_dir.clone(), cfg.cni_bin_dirs.clone());
         let rt = Runtime {
             cfg,
             state_dir,
@@ -77,6 +80,7 @@ impl Runtime {
             image_mounts: Mutex::new(()),
             reaper,
             cgroup_root: sycri_native::cgroup::v2_root().map(|r| r.join("sycri")),
+            cni,
         };
         rt.recover()?;
         Ok(Arc::new(rt))

@@ -5,7 +5,7 @@
 
 use crate::spec::{Failure, FailureKind, SandboxSpec};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sched::{unshare, CloneFlags};
+use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, sethostname, ForkResult, Pid};
@@ -91,6 +91,77 @@ pub fn loopback_up() -> Result<(), Failure> {
     Ok(())
 }
 
+/// The file under /proc/sys for sysctl `name`: dots separate the levels, unless
+/// the name has a slash, in which case slashes do and dots are part of a level
+/// (`net/ipv4/conf/eth0.100/forwarding`). None for a name that is empty, has an
+/// empty level or a level that would leave /proc/sys.
+pub fn sysctl_file(name: &str) -> Option<PathBuf> {
+    let sep = if name.contains('/') { '/' } else { '.' };
+    let mut p = PathBuf::from("/proc/sys");
+    for level in name.split(sep) {
+        if level.is_empty() || level == "." || level == ".." || level.contains('\0') {
+            return None;
+        }
+        p.push(level);
+    }
+    (p != Path::new("/proc/sys")).then_some(p)
+}
+
+/// Writes each sysctl under /proc/sys. The values are seen in the namespaces of
+/// this process (net and ipc sysctls follow the writer's namespaces).
+pub fn apply_sysctls(sysctls: &std::collections::BTreeMap<String, String>) -> Result<(), Failure> {
+    for (name, value) in sysctls {
+        let path = sysctl_file(name).ok_or_else(|| {
+            Failure::new(
+                FailureKind::InvalidArgument,
+                format!("invalid sysctl name {name:?}"),
+            )
+        })?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| {
+                let kind = match e.kind() {
+                    std::io::ErrorKind::NotFound => FailureKind::InvalidArgument,
+                    std::io::ErrorKind::PermissionDenied => FailureKind::InvalidArgument,
+                    _ => FailureKind::Internal,
+                };
+                Failure::new(kind, format!("sysctl {name}: {e}"))
+            })?;
+        f.write_all(value.as_bytes()).map_err(|e| {
+            let kind = match e.raw_os_error() {
+                Some(libc::EINVAL) | Some(libc::EPERM) | Some(libc::EACCES) => {
+                    FailureKind::InvalidArgument
+                }
+                _ => FailureKind::Internal,
+            };
+            Failure::new(kind, format!("sysctl {name}={value:?}: {e}"))
+        })?;
+    }
+    Ok(())
+}
+
+/// Enters the pod's pinned net and ipc namespaces and applies its sysctls.
+fn apply_only(spec: &SandboxSpec) -> Result<(), Failure> {
+    for (share, flag, name) in [
+        (spec.share_net, CloneFlags::CLONE_NEWNET, "net"),
+        (spec.share_ipc, CloneFlags::CLONE_NEWIPC, "ipc"),
+    ] {
+        if !share {
+            continue;
+        }
+        let p = spec.ns_dir.join(name);
+        let f = fs::File::open(&p).map_err(|e| {
+            Failure::new(
+                FailureKind::NotFound,
+                format!("pod {name} namespace {}: {e}", p.display()),
+            )
+        })?;
+        setns(&f, flag).map_err(|e| internal(&format!("enter pod {name} namespace"), e))?;
+    }
+    apply_sysctls(&spec.sysctls)
+}
+
 fn setup(spec: &SandboxSpec) -> Result<Option<i32>, Failure> {
     fs::create_dir_all(&spec.ns_dir)
         .map_err(|e| internal(&format!("create {}", spec.ns_dir.display()), e))?;
@@ -113,6 +184,7 @@ fn setup(spec: &SandboxSpec) -> Result<Option<i32>, Failure> {
     if spec.share_net {
         loopback_up()?;
     }
+    apply_sysctls(&spec.sysctls)?;
     for name in pins {
         pin_namespace(&Path::new("/proc/self/ns").join(name), &spec.ns_dir, name)?;
     }
@@ -170,6 +242,9 @@ pub fn main(spec_path: &Path) -> i32 {
             serde_json::from_slice::<SandboxSpec>(&b).map_err(|e| internal("parse sandbox spec", e))
         })
         .and_then(|spec| {
+            if spec.apply_only {
+                return apply_only(&spec).map(|()| None);
+            }
             setup(&spec).inspect_err(|_| {
                 let _ = unpin_all(&spec.ns_dir);
             })
@@ -195,4 +270,24 @@ pub fn main(spec_path: &Path) -> i32 {
     let _ = out.write_all(b"\n");
     let _ = out.flush();
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysctl_names_map_to_proc_sys() {
+        assert_eq!(
+            sysctl_file("net.ipv4.ip_forward"),
+            Some(PathBuf::from("/proc/sys/net/ipv4/ip_forward"))
+        );
+        assert_eq!(
+            sysctl_file("net/ipv4/conf/eth0.100/forwarding"),
+            Some(PathBuf::from("/proc/sys/net/ipv4/conf/eth0.100/forwarding"))
+        );
+        for bad in ["", ".", "net..x", "net/../../etc/passwd", "net.", "/net"] {
+            assert_eq!(sysctl_file(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -122,6 +122,16 @@ pub struct SandboxSpec {
     pub share_ipc: bool,
     pub share_uts: bool,
     pub share_pid: bool,
+    /// Namespaced sysctls (`net.ipv4.ip_forward` or `net/ipv4/ip_forward`) to
+    /// write under /proc/sys from inside the pod's namespaces. The server has
+    /// already checked that each one belongs to a namespace the pod owns.
+    #[serde(default)]
+    pub sysctls: std::collections::BTreeMap<String, String>,
+    /// Make nothing: enter the namespaces already pinned in `ns_dir` (net and
+    /// ipc, as `share_net`/`share_ipc` say) and only apply `sysctls`. Used once
+    /// the pod's network is set up, so interface sysctls find their interface.
+    #[serde(default)]
+    pub apply_only: bool,
 }
 
 /// The exit status the monitor records for a container.

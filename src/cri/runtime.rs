@@ -66,14 +66,17 @@ impl Service for RuntimeService {
             Ok(()) => condition("RuntimeReady", true, "", ""),
             Err(why) => condition("RuntimeReady", false, "EngineNotReady", &why),
         };
-        // Pods get a network namespace with loopback only: no CNI plugin is driven
-        // yet, so the pod network is not ready, and we say so.
-        let network = condition(
-            "NetworkReady",
-            false,
-            "NetworkPluginNotReady",
-            "sycri does not set up pod networks through CNI yet; pods have loopback only",
-        );
+        // The pod network is ready when the CNI config dir has a network whose
+        // plugins are all there.
+        let network = match self.rt.cni.ready() {
+            Ok(_) => condition("NetworkReady", true, "", ""),
+            Err(e) => condition(
+                "NetworkReady",
+                false,
+                "NetworkPluginNotReady",
+                &format!("cni plugin not initialized: {e}"),
+            ),
+        };
         let mut info = std::collections::HashMap::new();
         if req.into_inner().verbose {
             info.insert(
@@ -86,13 +89,16 @@ impl Service for RuntimeService {
                 conditions: vec![runtime, network],
             }),
             info,
-            runtime_handlers: vec![cri::RuntimeHandler {
-                name: String::new(),
-                features: Some(cri::RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: false,
-                    user_namespaces: false,
-                }),
-            }],
+            runtime_handlers: std::iter::once(String::new())
+                .chain(self.rt.cfg.runtime_handlers.iter().cloned())
+                .map(|name| cri::RuntimeHandler {
+                    name,
+                    features: Some(cri::RuntimeHandlerFeatures {
+                        recursive_read_only_mounts: false,
+                        user_namespaces: false,
+                    }),
+                })
+                .collect(),
             features: Some(cri::RuntimeFeatures {
                 supplemental_groups_policy: false,
                 user_namespaces_host_network: false,
@@ -113,6 +119,26 @@ impl Service for RuntimeService {
                 cgroup_driver: driver as i32,
             }),
         }))
+    }
+
+    /// kubelet sends the node's pod CIDR here; it reaches CNI plugins that
+    /// declare the `ipRanges` capability.
+    async fn update_runtime_config(
+        &self,
+        req: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> R<cri::UpdateRuntimeConfigResponse> {
+        let cidr = req
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        self.rt
+            .cni
+            .set_pod_cidrs(&cidr)
+            .map_err(Status::invalid_argument)?;
+        tracing::info!(pod_cidr = %cidr, "runtime config updated");
+        Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
     }
 
     async fn run_pod_sandbox(

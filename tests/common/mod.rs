@@ -216,6 +216,10 @@ async fn spawn(dir: &Path) -> (Child, Rt, Img) {
         .arg(dir.join("run"))
         .arg("--log-level")
         .arg("debug")
+        // Pods get loopback only unless a test gives a network: never the
+        // host's /etc/cni/net.d.
+        .arg("--cni-conf-dir")
+        .arg(dir.join("cni"))
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("dup"))
         .stderr(log)

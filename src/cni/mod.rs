@@ -1,0 +1,552 @@
+//! Pod networking through CNI (Container Network Interface, spec 1.0).
+//!
+//! The pod network is the first configuration in the CNI config directory.
+//! Attaching a pod runs the network's plugins in order with ADD, each one
+//! getting the previous one's result as `prevResult`; detaching runs DEL in
+//! reverse order; CHECK verifies an attachment. What was used at ADD (the
+//! network configuration, the arguments, the result) is kept in an
+//! [`Attachment`] on disk in the pod's state directory, so that DEL and CHECK
+//! work the same after a server restart or a change of the config directory.
+
+pub mod conf;
+pub mod plugin;
+pub mod result;
+
+use crate::helpers::Reaper;
+use conf::{version_at_least, NetworkConfig};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The interface the pod gets inside its network namespace.
+pub const POD_IFNAME: &str = "eth0";
+/// Where the attachment of a pod is kept, in its state directory.
+pub const ATTACHMENT_FILE: &str = "network.json";
+/// How long one plugin call may take.
+const PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(thiserror::Error, Debug)]
+pub enum CniError {
+    #[error("no network config found in {}", dir.display())]
+    NoConfig { dir: PathBuf },
+    #[error("network config {}: {reason}", path.display())]
+    BadConfig { path: PathBuf, reason: String },
+    #[error("CNI plugin {plugin:?} not found in {dirs}")]
+    PluginNotFound { plugin: String, dirs: String },
+    #[error("CNI plugin {plugin} {command} failed (exit {exit}, code {code}): {message}")]
+    Plugin {
+        plugin: String,
+        command: String,
+        code: u64,
+        exit: i32,
+        message: String,
+    },
+    #[error("CNI plugin {plugin} {command} took longer than {secs}s")]
+    Timeout {
+        plugin: String,
+        command: String,
+        secs: u64,
+    },
+    #[error("CNI plugin {plugin} {command}: bad result: {reason}")]
+    BadResult {
+        plugin: String,
+        command: String,
+        reason: String,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<CniError> for crate::error::Error {
+    fn from(e: CniError) -> Self {
+        use crate::error::Error;
+        match e {
+            CniError::NoConfig { .. }
+            | CniError::BadConfig { .. }
+            | CniError::PluginNotFound { .. } => Error::FailedPrecondition(e.to_string()),
+            CniError::Timeout { .. } => Error::DeadlineExceeded(e.to_string()),
+            CniError::Io { context, source } => Error::io(context, source),
+            CniError::Plugin { .. } | CniError::BadResult { .. } => Error::Internal(e.to_string()),
+        }
+    }
+}
+
+/// The pod facts CNI hands to plugins.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// The sandbox id (K8S_POD_INFRA_CONTAINER_ID, CNI_CONTAINERID).
+    pub id: String,
+}
+
+/// One pod on one network: all that DEL and CHECK need, kept on disk.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Attachment {
+    /// The network configuration list used at ADD.
+    pub network: Value,
+    pub container_id: String,
+    pub netns: PathBuf,
+    pub ifname: String,
+    /// CNI_ARGS pairs.
+    pub args: Vec<(String, String)>,
+    /// Values for the plugins' capabilities (`portMappings`, `dns`, ...); a
+    /// plugin gets those it declares, as `runtimeConfig`.
+    pub capability_args: Map<String, Value>,
+    /// The result of the last plugin's ADD, once it succeeded.
+    #[serde(default)]
+    pub result: Option<Value>,
+}
+
+impl Attachment {
+    pub fn new(
+        network: &NetworkConfig,
+        pod: &PodRef,
+        netns: &Path,
+        capability_args: Map<String, Value>,
+    ) -> Attachment {
+        Attachment {
+            network: network.to_value(),
+            container_id: pod.id.clone(),
+            netns: netns.to_path_buf(),
+            ifname: POD_IFNAME.to_string(),
+            args: vec![
+                ("IgnoreUnknown".into(), "1".into()),
+                ("K8S_POD_NAMESPACE".into(), pod.namespace.clone()),
+                ("K8S_POD_NAME".into(), pod.name.clone()),
+                ("K8S_POD_INFRA_CONTAINER_ID".into(), pod.id.clone()),
+                ("K8S_POD_UID".into(), pod.uid.clone()),
+            ],
+            capability_args,
+            result: None,
+        }
+    }
+
+    /// The network configuration this attachment was made with.
+    pub fn network_config(&self) -> Result<NetworkConfig, CniError> {
+        let bytes = serde_json::to_vec(&self.network).map_err(|e| CniError::BadConfig {
+            path: PathBuf::from(ATTACHMENT_FILE),
+            reason: e.to_string(),
+        })?;
+        NetworkConfig::parse(&bytes, Path::new(ATTACHMENT_FILE)).map_err(|reason| {
+            CniError::BadConfig {
+                path: PathBuf::from(ATTACHMENT_FILE),
+                reason,
+            }
+        })
+    }
+
+    /// The pod's addresses (IPv4 first), from the ADD result.
+    pub fn ips(&self) -> Vec<IpAddr> {
+        self.result
+            .as_ref()
+            .map(|r| result::pod_ips(r, &self.ifname))
+            .unwrap_or_default()
+    }
+
+    fn cni_args(&self) -> String {
+        self.args
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+
+    /// Reads the attachment kept in `dir`, if any.
+    pub fn load(dir: &Path) -> Result<Option<Attachment>, CniError> {
+        let p = dir.join(ATTACHMENT_FILE);
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| CniError::BadConfig {
+                    path: p,
+                    reason: e.to_string(),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(CniError::Io {
+                context: format!("read {}", p.display()),
+                source: e,
+            }),
+        }
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<(), CniError> {
+        let p = dir.join(ATTACHMENT_FILE);
+        let data = serde_json::to_vec_pretty(self).map_err(|e| CniError::Io {
+            context: "encode network attachment".into(),
+            source: std::io::Error::other(e),
+        })?;
+        sycri_native::util::write_atomic(&p, &data).map_err(|e| CniError::Io {
+            context: format!("write {}", p.display()),
+            source: e,
+        })
+    }
+
+    pub fn remove(dir: &Path) -> Result<(), CniError> {
+        let p = dir.join(ATTACHMENT_FILE);
+        match std::fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(CniError::Io {
+                context: format!("remove {}", p.display()),
+                source: e,
+            }),
+        }
+    }
+}
+
+/// Whether `p` is a namespace file (a pinned nsfs inode), not a plain file
+/// left where a pin was.
+pub fn is_netns(p: &Path) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs(2) reads a NUL-terminated path and fills a zeroed struct
+    // that lives on our stack for the call.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == NSFS_MAGIC
+    }
+}
+
+/// The CNI side of the runtime: where configs and plugins are.
+pub struct Cni {
+    pub conf_dir: PathBuf,
+    pub bin_dirs: Vec<PathBuf>,
+    /// The node's pod CIDRs (UpdateRuntimeConfig), for the `ipRanges` capability.
+    pod_cidrs: std::sync::RwLock<Vec<String>>,
+}
+
+impl Cni {
+    pub fn new(conf_dir: PathBuf, bin_dirs: Vec<PathBuf>) -> Cni {
+        Cni {
+            conf_dir,
+            bin_dirs,
+            pod_cidrs: std::sync::RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Takes the node's pod CIDR(s), comma-separated for dual stack; each must be
+    /// an address/prefix. An empty string clears them.
+    pub fn set_pod_cidrs(&self, cidrs: &str) -> Result<(), String> {
+        let list: Vec<String> = cidrs
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(String::from)
+            .collect();
+        for c in &list {
+            let ok = c.split_once('/').is_some_and(|(a, p)| {
+                a.parse::<IpAddr>().is_ok() && p.parse::<u8>().is_ok_and(|p| p <= 128)
+            });
+            if !ok {
+                return Err(format!("pod CIDR {c:?} is not an address/prefix"));
+            }
+        }
+        *self.pod_cidrs.write().unwrap_or_else(|p| p.into_inner()) = list;
+        Ok(())
+    }
+
+    /// The `ipRanges` capability value: one range set per pod CIDR; None without any.
+    pub fn ip_ranges(&self) -> Option<Value> {
+        let cidrs = self.pod_cidrs.read().unwrap_or_else(|p| p.into_inner());
+        (!cidrs.is_empty()).then(|| {
+            Value::Array(
+                cidrs
+                    .iter()
+                    .map(|c| serde_json::json!([{ "subnet": c }]))
+                    .collect(),
+            )
+        })
+    }
+
+    /// The pod network, or None when the config dir has no network config.
+    pub fn network(&self) -> Result<Option<NetworkConfig>, CniError> {
+        conf::load(&self.conf_dir)
+    }
+
+    /// The binary of plugin `ty`: the first of the plugin dirs that has it.
+    pub fn find_plugin(&self, ty: &str) -> Result<PathBuf, CniError> {
+        use std::os::unix::fs::PermissionsExt;
+        self.bin_dirs
+            .iter()
+            .map(|d| d.join(ty))
+            .find(|p| {
+                std::fs::metadata(p)
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            })
+            .ok_or_else(|| CniError::PluginNotFound {
+                plugin: ty.to_string(),
+                dirs: self
+                    .bin_dirs
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(":"),
+            })
+    }
+
+    /// Whether pods can be networked: a network config whose plugins all exist.
+    pub fn ready(&self) -> Result<NetworkConfig, CniError> {
+        let net = self.network()?.ok_or_else(|| CniError::NoConfig {
+            dir: self.conf_dir.clone(),
+        })?;
+        for ty in net.plugin_types() {
+            self.find_plugin(ty)?;
+        }
+        Ok(net)
+    }
+
+    /// The configuration one plugin gets on stdin: its own, with the network's
+    /// name and version, the runtime values of the capabilities it declares,
+    /// and the previous result.
+    fn plugin_config(
+        net: &NetworkConfig,
+        plugin: &Map<String, Value>,
+        capability_args: &Map<String, Value>,
+        prev: Option<&Value>,
+    ) -> Vec<u8> {
+        let mut conf = plugin.clone();
+        conf.insert("name".into(), Value::String(net.name.clone()));
+        conf.insert("cniVersion".into(), Value::String(net.cni_version.clone()));
+        conf.remove("runtimeConfig");
+        let mut rc = Map::new();
+        if let Some(Value::Object(caps)) = plugin.get("capabilities") {
+            for (cap, on) in caps {
+                if on.as_bool() == Some(true) {
+                    if let Some(v) = capability_args.get(cap) {
+                        rc.insert(cap.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        if !rc.is_empty() {
+            conf.insert("runtimeConfig".into(), Value::Object(rc));
+        }
+        conf.remove("prevResult");
+        if let Some(p) = prev {
+            conf.insert("prevResult".into(), p.clone());
+        }
+        serde_json::to_vec(&Value::Object(conf)).unwrap_or_default()
+    }
+
+    async fn call(
+        &self,
+        reaper: &Reaper,
+        att: &Attachment,
+        net: &NetworkConfig,
+        command: &str,
+        plugin: &Map<String, Value>,
+        prev: Option<&Value>,
+    ) -> Result<Vec<u8>, CniError> {
+        let ty = plugin.get("type").and_then(Value::as_str).unwrap_or("");
+        let binary = self.find_plugin(ty)?;
+        let input = Self::plugin_config(net, plugin, &att.capability_args, prev);
+        // DEL with the namespace gone: the plugins release what is outside it.
+        let netns = if command == "DEL" && !is_netns(&att.netns) {
+            PathBuf::new()
+        } else {
+            att.netns.clone()
+        };
+        let args = att.cni_args();
+        let call = plugin::Call {
+            command,
+            container_id: &att.container_id,
+            netns: &netns,
+            ifname: &att.ifname,
+            args: &args,
+            path: &self.bin_dirs,
+            timeout: PLUGIN_TIMEOUT,
+        };
+        tracing::debug!(plugin = ty, command, container = %att.container_id, "CNI call");
+        plugin::run(reaper, &binary, &call, &input).await
+    }
+
+    /// ADD: runs the chain; the attachment gets the final result.
+    pub async fn add(&self, reaper: &Reaper, att: &mut Attachment) -> Result<(), CniError> {
+        let net = att.network_config()?;
+        let mut prev: Option<Value> = None;
+        for p in &net.plugins {
+            let out = self
+                .call(reaper, att, &net, "ADD", p, prev.as_ref())
+                .await?;
+            let ty = p.get("type").and_then(Value::as_str).unwrap_or("");
+            if out.iter().all(u8::is_ascii_whitespace) {
+                // Nothing new from this plugin: the previous result stands.
+                continue;
+            }
+            let v: Value = serde_json::from_slice(&out).map_err(|e| CniError::BadResult {
+                plugin: ty.to_string(),
+                command: "ADD".into(),
+                reason: e.to_string(),
+            })?;
+            if !v.is_object() {
+                return Err(CniError::BadResult {
+                    plugin: ty.to_string(),
+                    command: "ADD".into(),
+                    reason: "not a JSON object".into(),
+                });
+            }
+            prev = Some(v);
+        }
+        att.result = prev;
+        Ok(())
+    }
+
+    /// DEL, in reverse order. Every plugin is called even when one fails; the
+    /// first failure is returned.
+    pub async fn del(&self, reaper: &Reaper, att: &Attachment) -> Result<(), CniError> {
+        let net = att.network_config()?;
+        let prev = att
+            .result
+            .as_ref()
+            .filter(|_| version_at_least(&net.cni_version, "0.4.0"));
+        let mut first_err = None;
+        for p in net.plugins.iter().rev() {
+            if let Err(e) = self.call(reaper, att, &net, "DEL", p, prev).await {
+                tracing::warn!(container = %att.container_id, error = %e, "CNI DEL");
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// CHECK (spec 0.4.0 and later, unless the network disables it): Ok(false)
+    /// when the network does not support it.
+    pub async fn check(&self, reaper: &Reaper, att: &Attachment) -> Result<bool, CniError> {
+        let net = att.network_config()?;
+        if net.disable_check || !version_at_least(&net.cni_version, "0.4.0") {
+            return Ok(false);
+        }
+        let Some(prev) = att.result.as_ref() else {
+            return Err(CniError::BadResult {
+                plugin: String::new(),
+                command: "CHECK".into(),
+                reason: "no ADD result to check against".into(),
+            });
+        };
+        for p in &net.plugins {
+            self.call(reaper, att, &net, "CHECK", p, Some(prev)).await?;
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn net() -> NetworkConfig {
+        NetworkConfig::parse(
+            br#"{"cniVersion":"1.0.0","name":"t","plugins":[
+                {"type":"bridge","bridge":"b0","runtimeConfig":{"stale":1}},
+                {"type":"portmap","capabilities":{"portMappings":true,"bandwidth":false}}]}"#,
+            Path::new("t.conflist"),
+        )
+        .expect("parse")
+    }
+
+    #[test]
+    fn plugins_get_name_version_their_capabilities_and_prev_result() {
+        let n = net();
+        let mut caps = Map::new();
+        caps.insert("portMappings".into(), json!([{"hostPort": 8080}]));
+        caps.insert("bandwidth".into(), json!({"ingressRate": 1}));
+        caps.insert("dns".into(), json!({"servers": ["10.0.0.10"]}));
+        let first: Value =
+            serde_json::from_slice(&Cni::plugin_config(&n, &n.plugins[0], &caps, None))
+                .expect("json");
+        assert_eq!(first["name"], "t");
+        assert_eq!(first["cniVersion"], "1.0.0");
+        assert_eq!(first["bridge"], "b0");
+        assert!(first.get("runtimeConfig").is_none());
+        assert!(first.get("prevResult").is_none());
+        let prev = json!({"cniVersion": "1.0.0", "ips": []});
+        let second: Value =
+            serde_json::from_slice(&Cni::plugin_config(&n, &n.plugins[1], &caps, Some(&prev)))
+                .expect("json");
+        assert_eq!(
+            second["runtimeConfig"],
+            json!({"portMappings": [{"hostPort": 8080}]})
+        );
+        assert_eq!(second["prevResult"], prev);
+    }
+
+    #[test]
+    fn attachment_round_trips_and_carries_k8s_args() {
+        let pod = PodRef {
+            namespace: "ns".into(),
+            name: "p".into(),
+            uid: "u".into(),
+            id: "abc".into(),
+        };
+        let mut a = Attachment::new(&net(), &pod, Path::new("/run/x/net"), Map::new());
+        assert_eq!(
+            a.cni_args(),
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u"
+        );
+        a.result = Some(json!({"ips": [{"address": "10.9.0.2/24"}]}));
+        assert_eq!(a.ips(), vec![IpAddr::from([10, 9, 0, 2])]);
+        assert_eq!(a.network_config().expect("config").name, "t");
+        let dir = std::env::temp_dir().join(format!("sycri-cni-att-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        a.save(&dir).expect("save");
+        assert_eq!(Attachment::load(&dir).expect("load"), Some(a));
+        Attachment::remove(&dir).expect("remove");
+        Attachment::remove(&dir).expect("remove again");
+        assert_eq!(Attachment::load(&dir).expect("load"), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn pod_cidrs_become_ip_ranges() {
+        let cni = Cni::new(PathBuf::from("/nonexistent"), Vec::new());
+        assert_eq!(cni.ip_ranges(), None);
+        cni.set_pod_cidrs("10.244.1.0/24, fd00:1::/64")
+            .expect("valid");
+        assert_eq!(
+            cni.ip_ranges(),
+            Some(json!([[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:1::/64"}]]))
+        );
+        assert!(cni.set_pod_cidrs("10.0.0.0").is_err());
+        assert!(cni.set_pod_cidrs("x/24").is_err());
+        cni.set_pod_cidrs("").expect("clear");
+        assert_eq!(cni.ip_ranges(), None);
+    }
+
+    #[test]
+    fn missing_plugins_and_configs_are_not_ready() {
+        let dir = std::env::temp_dir().join(format!("sycri-cni-ready-{}", std::process::id()));
+        let bin = dir.join("bin");
+        let confd = dir.join("net.d");
+        std::fs::create_dir_all(&bin).expect("dir");
+        std::fs::create_dir_all(&confd).expect("dir");
+        let cni = Cni::new(confd.clone(), vec![bin.clone()]);
+        assert!(matches!(cni.ready(), Err(CniError::NoConfig { .. })));
+        std::fs::write(
+            confd.join("10.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"t","plugins":[{"type":"fake"}]}"#,
+        )
+        .expect("write");
+        assert!(matches!(cni.ready(), Err(CniError::PluginNotFound { .. })));
+        std::fs::write(bin.join("fake"), "#!/bin/sh\n").expect("write");
+        assert!(matches!(cni.ready(), Err(CniError::PluginNotFound { .. })));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(bin.join("fake"), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        assert_eq!(cni.ready().expect("ready").name, "t");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
