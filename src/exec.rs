@@ -1,6 +1,8 @@
 //! ExecSync: a command inside a running container, its output collected with
 //! bounds and a timeout. The work inside the container is done by the
 //! `__exec` helper (our binary re-executed), never by the server itself.
+//! Streaming exec ([`Runtime::spawn_exec`]) starts the same helper with its
+//! stdio on pipes or a pseudo-terminal for the streaming server to pump.
 
 use crate::containers::State;
 use crate::error::{Error, Result};
@@ -8,7 +10,9 @@ use crate::helpers::{self_exe, EXEC_ARG};
 use crate::images::random_hex;
 use crate::runtime::Runtime;
 use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use sycri_native::exec::ExecSpec;
@@ -18,6 +22,24 @@ use sycri_native::util::write_atomic;
 /// Most output kept per stream; the rest is read and dropped. Both streams
 /// together stay below the 16 MiB gRPC message limit kubelet uses.
 pub const MAX_OUTPUT: usize = 6 << 20;
+
+/// A running `__exec` helper with the server's ends of its stdio.
+pub struct ExecProcess {
+    pub pid: i32,
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+    /// The pseudo-terminal's master (tty mode): input and output both.
+    pub pty: Option<OwnedFd>,
+    /// The helper's spec file; removed when this is dropped.
+    pub spec: PathBuf,
+}
+
+impl Drop for ExecProcess {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.spec);
+    }
+}
 
 pub struct ExecOutput {
     pub stdout: Vec<u8>,
@@ -42,8 +64,17 @@ fn read_bounded(mut r: impl Read) -> Vec<u8> {
 
 impl Runtime {
     pub async fn exec_sync(&self, id: &str, cmd: Vec<String>, timeout: i64) -> Result<ExecOutput> {
+        let path = self.write_exec_spec(id, cmd, false).await?;
+        let result = self.run_exec(&path, timeout).await;
+        let _ = std::fs::remove_file(&path);
+        result
+    }
+
+    /// Checks that container `id` runs and writes the `__exec` helper's spec
+    /// for `cmd` into the container's run directory; returns its path.
+    pub async fn write_exec_spec(&self, id: &str, cmd: Vec<String>, tty: bool) -> Result<PathBuf> {
         if cmd.is_empty() {
-            return Err(Error::InvalidArgument("ExecSync needs a command".into()));
+            return Err(Error::InvalidArgument("exec needs a command".into()));
         }
         let (id, c) = Runtime::find(&self.containers, id)
             .ok_or_else(|| Error::NotFound(format!("container {id:?} not found")))?;
@@ -68,7 +99,7 @@ impl Runtime {
             pid,
             container,
             args: cmd,
-            tty: false,
+            tty,
         };
         let path = self
             .container_run_dir(&id)
@@ -78,9 +109,65 @@ impl Runtime {
             &serde_json::to_vec(&spec).map_err(|e| Error::Internal(e.to_string()))?,
         )
         .map_err(|e| Error::io("write exec spec", e))?;
-        let result = self.run_exec(&path, timeout).await;
-        let _ = std::fs::remove_file(&path);
-        result
+        Ok(path)
+    }
+
+    /// Starts the `__exec` helper for a streaming exec: stdin on a pipe (or
+    /// /dev/null), output on pipes, or everything on a new pseudo-terminal.
+    /// The helper leads its own process group; it is reaped by the reaper.
+    pub async fn spawn_exec(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        stdin: bool,
+        tty: bool,
+    ) -> Result<ExecProcess> {
+        let spec = self.write_exec_spec(id, cmd, tty).await?;
+        let mut command = Command::new(self_exe());
+        command
+            .arg(EXEC_ARG)
+            .arg(&spec)
+            .env_clear()
+            .process_group(0);
+        let mut proc = ExecProcess {
+            pid: 0,
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            pty: None,
+            spec: spec.clone(),
+        };
+        if tty {
+            let (master, slave) = sycri_native::exec::open_pty().map_err(Error::from)?;
+            let dup = |f: &OwnedFd| f.try_clone().map_err(|e| Error::io("dup pty", e));
+            command
+                .stdin(Stdio::from(dup(&slave)?))
+                .stdout(Stdio::from(dup(&slave)?))
+                .stderr(Stdio::from(slave));
+            proc.pty = Some(master);
+        } else {
+            command
+                .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+        }
+        let mut child = match command.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_file(&spec);
+                return Err(Error::io("start exec helper", e));
+            }
+        };
+        // Our copies of the pty slave are in `command`: close them, so that the
+        // master reads end of file once the command's side is closed.
+        drop(command);
+        proc.pid = child.id() as i32;
+        proc.stdin = child.stdin.take().map(OwnedFd::from);
+        proc.stdout = child.stdout.take().map(OwnedFd::from);
+        proc.stderr = child.stderr.take().map(OwnedFd::from);
+        // The child is reaped by the Reaper, never through `child`.
+        drop(child);
+        Ok(proc)
     }
 
     async fn run_exec(&self, spec: &std::path::Path, timeout: i64) -> Result<ExecOutput> {

@@ -18,6 +18,8 @@ use tokio::sync::oneshot;
 pub const MONITOR_ARG: &str = "__monitor";
 pub const SANDBOX_ARG: &str = "__sandbox";
 pub const EXEC_ARG: &str = "__exec";
+/// `sycri __portforward <netns>`: connects to ports inside a pod's network namespace.
+pub const PORTFORWARD_ARG: &str = "__portforward";
 
 /// Exit of a child: the code, or 128 + signal.
 pub type ExitCode = i32;

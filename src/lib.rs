@@ -18,4 +18,5 @@ pub mod pull;
 pub mod registry;
 pub mod runtime;
 pub mod server;
+pub mod streaming;
 pub mod userdb;

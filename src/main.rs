@@ -20,6 +20,9 @@ fn main() -> ExitCode {
                 Some(sycri_native::sandbox::main as fn(&Path) -> i32)
             }
             Some(sycri::helpers::EXEC_ARG) => Some(sycri_native::exec::main as fn(&Path) -> i32),
+            Some(sycri::helpers::PORTFORWARD_ARG) => {
+                Some(sycri_native::exec::portforward_main as fn(&Path) -> i32)
+            }
             _ => None,
         };
         if let Some(run) = helper {

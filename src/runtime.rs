@@ -32,6 +32,8 @@ pub struct Runtime {
     pub cgroup_root: Option<PathBuf>,
     /// Pod networking: CNI configs and plugins.
     pub cni: crate::cni::Cni,
+    /// The streaming server's tokens and URL, once it listens.
+    pub streaming: std::sync::OnceLock<Arc<crate::streaming::Streaming>>,
 }
 
 pub(crate) fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -81,6 +83,7 @@ impl Runtime {
             reaper,
             cgroup_root: sycri_native::cgroup::v2_root().map(|r| r.join("sycri")),
             cni,
+            streaming: std::sync::OnceLock::new(),
         };
         rt.recover()?;
         Ok(Arc::new(rt))

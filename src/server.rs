@@ -22,6 +22,8 @@ pub enum ServeError {
     },
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("streaming server: {0}")]
+    Streaming(#[from] crate::streaming::StreamingError),
 }
 
 /// Largest gRPC message accepted or sent (as kubelet's 16 MiB).
@@ -31,6 +33,8 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let socket = cfg.socket_path()?;
     let reaper = Reaper::start()?;
     let rt = Runtime::open(cfg, reaper)?;
+    let streaming = crate::streaming::start(rt.clone(), &rt.cfg.stream_address).await?;
+    let _ = rt.streaming.set(streaming);
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(|source| ServeError::Listen {
             path: socket.display().to_string(),

@@ -6,6 +6,14 @@
 //! monitor forks the container's first process, waits until its rootfs is ready,
 //! writes one JSON line (`{"pid":N}` or a [`Failure`]) on stdout, closes it, and
 //! serves until the container exits.
+//!
+//! Attach: a control-socket connection whose request is [`Request::Attach`]
+//! gets `{"ok":true}` and then becomes a stream of frames (see [`attach`]): the
+//! container's output goes to every attached client as well as to the log, and
+//! stdin frames go to the container's stdin (held here when the container was
+//! created with stdin). With `stdin_once`, the first client that closes stdin
+//! closes the container's stdin. A client that does not keep up is
+//! disconnected: buffers are bounded and the monitor never blocks on a client.
 
 use crate::container;
 use crate::crilog::{CriLog, Stream};
@@ -33,6 +41,70 @@ pub enum Request {
     Start,
     /// Reopen the log file at its path (after rotation).
     ReopenLog,
+    /// Turn this connection into an attach stream (see [`attach`]).
+    Attach {
+        #[serde(default)]
+        stdin: bool,
+        #[serde(default)]
+        stdout: bool,
+        #[serde(default)]
+        stderr: bool,
+        /// What the client expects; the container's own setting decides.
+        #[serde(default)]
+        tty: bool,
+    },
+}
+
+/// The attach stream's framing, both directions: a 5-byte header (channel,
+/// then payload length as u32 big-endian) and the payload.
+///
+/// Client to monitor: [`STDIN`] data; [`CLOSE_STDIN`] (empty) when the client's
+/// stdin ended; [`RESIZE`] with width and height as u16 big-endian (tty only).
+/// Monitor to client: [`STDOUT`] and [`STDERR`] data (a tty has stdout only).
+/// The monitor closes the connection when the container's output has ended
+/// (the container exited) or when the client is too slow.
+pub mod attach {
+    pub const STDIN: u8 = 0;
+    pub const STDOUT: u8 = 1;
+    pub const STDERR: u8 = 2;
+    pub const CLOSE_STDIN: u8 = 3;
+    pub const RESIZE: u8 = 4;
+    pub const HEADER: usize = 5;
+    /// Largest payload of one frame.
+    pub const MAX_PAYLOAD: usize = 32 * 1024;
+
+    /// One frame; `data` must not exceed [`MAX_PAYLOAD`].
+    pub fn encode(ch: u8, data: &[u8]) -> Vec<u8> {
+        let mut f = Vec::with_capacity(HEADER + data.len());
+        push(&mut f, ch, data);
+        f
+    }
+
+    /// As many frames as `data` needs.
+    pub fn encode_all(ch: u8, data: &[u8]) -> Vec<u8> {
+        let mut f = Vec::with_capacity(HEADER * 2 + data.len());
+        for chunk in data.chunks(MAX_PAYLOAD) {
+            push(&mut f, ch, chunk);
+        }
+        f
+    }
+
+    pub fn push(out: &mut Vec<u8>, ch: u8, data: &[u8]) {
+        out.push(ch);
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        out.extend_from_slice(data);
+    }
+
+    /// (channel, payload length) from a header.
+    pub fn parse_header(h: &[u8; HEADER]) -> (u8, usize) {
+        (h[0], u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize)
+    }
+
+    pub fn resize_payload(width: u16, height: u16) -> [u8; 4] {
+        let w = width.to_be_bytes();
+        let h = height.to_be_bytes();
+        [w[0], w[1], h[0], h[1]]
+    }
 }
 
 /// The answer to a [`Request`].
@@ -316,6 +388,9 @@ fn run(spec: &ContainerSpec, report: &mut File) -> Result<i32, Failure> {
         sync: Some(sync),
         start: Some(File::from(start_w)),
         exit: None,
+        clients: Vec::new(),
+        stdin_buf: Vec::new(),
+        stdin_closing: false,
     };
     m.serve(&sigfd, &listener);
     let _ = std::fs::remove_file(&spec.control_socket);
@@ -340,6 +415,138 @@ fn read_message(sync: &mut BufReader<File>) -> Option<Result<(), Failure>> {
     }
 }
 
+/// Most clients attached at once.
+const MAX_CLIENTS: usize = 8;
+/// Output queued for one client before it counts as too slow and is dropped.
+const CLIENT_QUEUE: usize = 256 * 1024;
+/// Input queued for the container's stdin before clients are no longer read.
+const STDIN_QUEUE: usize = 64 * 1024;
+/// How long queued output may take to reach clients after the container exited.
+const CLIENT_FLUSH: Duration = Duration::from_secs(1);
+
+/// One attached client (a control-socket connection in attach mode).
+struct Client {
+    conn: UnixStream,
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+    /// Frames for the client; `out[sent..]` is still to be written.
+    out: Vec<u8>,
+    sent: usize,
+    /// A partial frame from the client.
+    inbuf: Vec<u8>,
+    stdin_closed: bool,
+    dead: bool,
+}
+
+impl Client {
+    fn pending(&self) -> usize {
+        self.out.len() - self.sent
+    }
+
+    /// Queues a frame; a client whose queue is full is dropped.
+    fn queue(&mut self, ch: u8, data: &[u8]) {
+        if self.dead {
+            return;
+        }
+        if self.pending() + attach::HEADER + data.len() > CLIENT_QUEUE {
+            self.dead = true;
+            return;
+        }
+        if self.sent > 0 && self.sent == self.out.len() {
+            self.out.clear();
+            self.sent = 0;
+        }
+        for chunk in data.chunks(attach::MAX_PAYLOAD) {
+            attach::push(&mut self.out, ch, chunk);
+        }
+    }
+
+    /// Writes what the socket takes without blocking.
+    fn flush(&mut self) {
+        while self.pending() > 0 && !self.dead {
+            // SAFETY: writing from our own buffer, within its length, to a
+            // socket we own; MSG_NOSIGNAL because the peer may be gone.
+            let n = unsafe {
+                libc::send(
+                    self.conn.as_raw_fd(),
+                    self.out[self.sent..].as_ptr().cast(),
+                    self.pending(),
+                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                if std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {
+                    self.dead = true;
+                }
+                return;
+            }
+            self.sent += n as usize;
+        }
+        if self.pending() == 0 {
+            self.out.clear();
+            self.sent = 0;
+            if self.out.capacity() > 64 * 1024 {
+                self.out.shrink_to(16 * 1024);
+            }
+        }
+    }
+
+    /// Reads what is there and returns the complete frames.
+    fn read_frames(&mut self, buf: &mut [u8]) -> Vec<(u8, Vec<u8>)> {
+        // SAFETY: reading into our own buffer, within its length, from a socket we own.
+        let n = unsafe {
+            libc::recv(
+                self.conn.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len().min(16 * 1024),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n == 0 {
+            self.dead = true;
+        } else if n < 0 {
+            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {
+                self.dead = true;
+            }
+        } else {
+            self.inbuf.extend_from_slice(&buf[..n as usize]);
+        }
+        self.take_frames()
+    }
+
+    fn take_frames(&mut self) -> Vec<(u8, Vec<u8>)> {
+        let mut frames = Vec::new();
+        while self.inbuf.len() >= attach::HEADER {
+            let mut h = [0u8; attach::HEADER];
+            h.copy_from_slice(&self.inbuf[..attach::HEADER]);
+            let (ch, len) = attach::parse_header(&h);
+            if len > attach::MAX_PAYLOAD {
+                self.dead = true;
+                break;
+            }
+            if self.inbuf.len() < attach::HEADER + len {
+                break;
+            }
+            frames.push((
+                ch,
+                self.inbuf[attach::HEADER..attach::HEADER + len].to_vec(),
+            ));
+            self.inbuf.drain(..attach::HEADER + len);
+        }
+        frames
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Slot {
+    Signal,
+    Listener,
+    Output(Stream),
+    Stdin,
+    Client(usize),
+}
+
 struct Monitor<'a> {
     spec: &'a ContainerSpec,
     pid: Pid,
@@ -348,11 +555,16 @@ struct Monitor<'a> {
     sync: Option<BufReader<File>>,
     start: Option<File>,
     exit: Option<ExitStatus>,
+    clients: Vec<Client>,
+    /// Input waiting for the container's stdin.
+    stdin_buf: Vec<u8>,
+    /// Close the container's stdin once `stdin_buf` is written.
+    stdin_closing: bool,
 }
 
 impl Monitor<'_> {
     fn serve(&mut self, sigfd: &SignalFd, listener: &UnixListener) {
-        for fd in [&self.stdio.stdout, &self.stdio.stderr]
+        for fd in [&self.stdio.stdout, &self.stdio.stderr, &self.stdio.stdin]
             .into_iter()
             .flatten()
         {
@@ -363,47 +575,69 @@ impl Monitor<'_> {
             if self.exit.is_some() {
                 break;
             }
-            let mut fds = vec![
-                PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
-                PollFd::new(listener.as_fd(), PollFlags::POLLIN),
-            ];
-            let out_fd = self.stdio.stdout.as_ref().map(|f| f.as_raw_fd());
-            let err_fd = self.stdio.stderr.as_ref().map(|f| f.as_raw_fd());
-            let out_b = self.stdio.stdout.as_ref().map(|f| f.as_fd());
-            let err_b = self.stdio.stderr.as_ref().map(|f| f.as_fd());
-            if let Some(b) = out_b {
-                fds.push(PollFd::new(b, PollFlags::POLLIN));
+            let mut fds = Vec::with_capacity(5 + self.clients.len());
+            let mut slots = Vec::with_capacity(5 + self.clients.len());
+            fds.push(PollFd::new(sigfd.as_fd(), PollFlags::POLLIN));
+            slots.push(Slot::Signal);
+            fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
+            slots.push(Slot::Listener);
+            if let Some(f) = self.stdio.stdout.as_ref() {
+                fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+                slots.push(Slot::Output(Stream::Stdout));
             }
-            if let Some(b) = err_b {
-                fds.push(PollFd::new(b, PollFlags::POLLIN));
+            if let Some(f) = self.stdio.stderr.as_ref() {
+                fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+                slots.push(Slot::Output(Stream::Stderr));
+            }
+            if !self.stdin_buf.is_empty() {
+                if let Some(f) = self.stdio.stdin.as_ref() {
+                    fds.push(PollFd::new(f.as_fd(), PollFlags::POLLOUT));
+                    slots.push(Slot::Stdin);
+                }
+            }
+            let room = self.stdin_buf.len() < STDIN_QUEUE;
+            for (i, c) in self.clients.iter().enumerate() {
+                let mut ev = PollFlags::empty();
+                if room {
+                    ev |= PollFlags::POLLIN;
+                }
+                if c.pending() > 0 {
+                    ev |= PollFlags::POLLOUT;
+                }
+                fds.push(PollFd::new(c.conn.as_fd(), ev));
+                slots.push(Slot::Client(i));
             }
             if poll(&mut fds, PollTimeout::NONE).is_err() {
                 continue;
             }
-            let ready: Vec<bool> = fds
-                .iter()
-                .map(|f| f.revents().map(|r| !r.is_empty()).unwrap_or(false))
+            let ready: Vec<(Slot, PollFlags)> = slots
+                .into_iter()
+                .zip(
+                    fds.iter()
+                        .map(|f| f.revents().unwrap_or(PollFlags::empty())),
+                )
+                .filter(|(_, r)| !r.is_empty())
                 .collect();
             drop(fds);
-            let mut idx = 2;
-            if out_fd.is_some() {
-                if ready[idx] {
-                    self.pump(Stream::Stdout, &mut buf);
+            for (slot, rev) in ready {
+                match slot {
+                    Slot::Output(stream) => {
+                        self.pump(stream, &mut buf);
+                    }
+                    Slot::Stdin => self.flush_stdin(),
+                    Slot::Client(i) => self.serve_client(i, rev, room, &mut buf),
+                    Slot::Listener => {
+                        while let Ok((conn, _)) = listener.accept() {
+                            self.handle(conn);
+                        }
+                    }
+                    Slot::Signal => {
+                        while let Ok(Some(_)) = sigfd.read_signal() {}
+                        self.reap();
+                    }
                 }
-                idx += 1;
             }
-            if err_fd.is_some() && ready[idx] {
-                self.pump(Stream::Stderr, &mut buf);
-            }
-            if ready[1] {
-                while let Ok((conn, _)) = listener.accept() {
-                    self.handle(conn);
-                }
-            }
-            if ready[0] {
-                while let Ok(Some(_)) = sigfd.read_signal() {}
-                self.reap();
-            }
+            self.drop_dead_clients();
         }
         // Record the exit first: a process the container left behind may hold
         // its output open, and the status must not wait for that.
@@ -417,9 +651,11 @@ impl Monitor<'_> {
             let _ = crate::cgroup::kill(cg);
         }
         self.drain(&mut buf);
+        self.flush_clients();
     }
 
-    /// Moves what is readable on one stream into the log. Returns false at EOF.
+    /// Moves what is readable on one stream into the log and to attached
+    /// clients. Returns false at EOF.
     fn pump(&mut self, stream: Stream, buf: &mut [u8]) -> bool {
         let slot = match stream {
             Stream::Stdout => &mut self.stdio.stdout,
@@ -431,7 +667,22 @@ impl Monitor<'_> {
         // SAFETY: reading into our own buffer from an fd we own.
         let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         if n > 0 {
-            let _ = self.log.write(stream, &buf[..n as usize]);
+            let data = &buf[..n as usize];
+            let _ = self.log.write(stream, data);
+            let ch = match stream {
+                Stream::Stdout => attach::STDOUT,
+                Stream::Stderr => attach::STDERR,
+            };
+            for c in self.clients.iter_mut() {
+                let wants = match stream {
+                    Stream::Stdout => c.stdout,
+                    Stream::Stderr => c.stderr,
+                };
+                if wants {
+                    c.queue(ch, data);
+                    c.flush();
+                }
+            }
             return true;
         }
         if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock {
@@ -484,6 +735,139 @@ impl Monitor<'_> {
         }
     }
 
+    /// After the container's output ended: give attached clients what is
+    /// queued for them (bounded in time), then close their connections.
+    fn flush_clients(&mut self) {
+        let deadline = Instant::now() + CLIENT_FLUSH;
+        loop {
+            self.clients.retain(|c| !c.dead && c.pending() > 0);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.clients.is_empty() || left.is_zero() {
+                break;
+            }
+            let mut fds: Vec<PollFd> = self
+                .clients
+                .iter()
+                .map(|c| PollFd::new(c.conn.as_fd(), PollFlags::POLLOUT))
+                .collect();
+            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            if poll(&mut fds, PollTimeout::from(ms)).unwrap_or(0) == 0 {
+                break;
+            }
+            drop(fds);
+            for c in self.clients.iter_mut() {
+                c.flush();
+            }
+        }
+        self.clients.clear();
+    }
+
+    fn serve_client(&mut self, i: usize, rev: PollFlags, room: bool, buf: &mut [u8]) {
+        if rev.contains(PollFlags::POLLOUT) {
+            self.clients[i].flush();
+        }
+        let hangup = rev.intersects(PollFlags::POLLHUP | PollFlags::POLLERR);
+        if rev.contains(PollFlags::POLLIN) || (hangup && room) {
+            let frames = self.clients[i].read_frames(buf);
+            for (ch, data) in frames {
+                self.client_frame(i, ch, &data);
+            }
+        } else if hangup {
+            // Gone while we could not take its input: drop it.
+            self.clients[i].dead = true;
+        }
+    }
+
+    fn client_frame(&mut self, i: usize, ch: u8, data: &[u8]) {
+        match ch {
+            attach::STDIN => {
+                let c = &self.clients[i];
+                if c.stdin && !c.stdin_closed && !self.stdin_closing && self.stdio.stdin.is_some() {
+                    self.stdin_buf.extend_from_slice(data);
+                    self.flush_stdin();
+                }
+            }
+            attach::CLOSE_STDIN => self.client_closed_stdin(i),
+            attach::RESIZE if self.stdio.tty && data.len() == 4 => {
+                let ws = libc::winsize {
+                    ws_col: u16::from_be_bytes([data[0], data[1]]),
+                    ws_row: u16::from_be_bytes([data[2], data[3]]),
+                    ws_xpixel: 0,
+                    ws_ypixel: 0,
+                };
+                if let Some(m) = self.stdio.stdout.as_ref() {
+                    // SAFETY: TIOCSWINSZ reads a winsize from our local value;
+                    // `m` is the pty master we own.
+                    unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Client `i` ended its stdin: with stdin_once, so does the container's.
+    fn client_closed_stdin(&mut self, i: usize) {
+        let c = &mut self.clients[i];
+        if !c.stdin || c.stdin_closed {
+            return;
+        }
+        c.stdin_closed = true;
+        if self.spec.process.stdin_once && self.stdio.stdin.is_some() && !self.stdin_closing {
+            if self.stdio.tty {
+                // A terminal has no end of file to close; ^D is how a reader in
+                // canonical mode sees one.
+                self.stdin_buf.push(0x04);
+            }
+            self.stdin_closing = true;
+            self.flush_stdin();
+        }
+    }
+
+    /// Writes queued input to the container's stdin without blocking.
+    fn flush_stdin(&mut self) {
+        let Some(fd) = self.stdio.stdin.as_ref() else {
+            self.stdin_buf.clear();
+            return;
+        };
+        while !self.stdin_buf.is_empty() {
+            // SAFETY: writing from our own buffer, within its length, to an fd we own.
+            let n = unsafe {
+                libc::write(
+                    fd.as_raw_fd(),
+                    self.stdin_buf.as_ptr().cast(),
+                    self.stdin_buf.len(),
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    return;
+                }
+                // The container closed its stdin (EPIPE) or is gone.
+                self.stdin_buf.clear();
+                self.stdio.stdin = None;
+                return;
+            }
+            self.stdin_buf.drain(..n as usize);
+        }
+        if self.stdin_closing {
+            self.stdio.stdin = None;
+        }
+    }
+
+    fn drop_dead_clients(&mut self) {
+        let mut i = 0;
+        while i < self.clients.len() {
+            if self.clients[i].dead {
+                // A client that leaves has ended its stdin too.
+                self.client_closed_stdin(i);
+                self.clients.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     fn reap(&mut self) {
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
@@ -520,9 +904,27 @@ impl Monitor<'_> {
         if reader.read_line(&mut line).is_err() {
             return;
         }
+        let mut attach_req = None;
         let resp = match serde_json::from_str::<Request>(&line) {
             Ok(Request::Start) => self.start(),
             Ok(Request::ReopenLog) => self.log.reopen().map_err(|e| internal("reopen log", e)),
+            Ok(Request::Attach {
+                stdin,
+                stdout,
+                stderr,
+                tty: _,
+            }) => {
+                if self.clients.len() >= MAX_CLIENTS {
+                    Err(fail(
+                        FailureKind::FailedPrecondition,
+                        "attach",
+                        format!("{MAX_CLIENTS} clients are attached already"),
+                    ))
+                } else {
+                    attach_req = Some((stdin, stdout, stderr));
+                    Ok(())
+                }
+            }
             Err(e) => Err(fail(FailureKind::InvalidArgument, "bad request", e)),
         };
         let resp = match resp {
@@ -538,7 +940,33 @@ impl Monitor<'_> {
         let mut conn = conn;
         if let Ok(mut data) = serde_json::to_vec(&resp) {
             data.push(b'\n');
-            let _ = conn.write_all(&data);
+            if conn.write_all(&data).is_err() {
+                return;
+            }
+        }
+        if let Some((stdin, stdout, stderr)) = attach_req {
+            if conn.set_nonblocking(true).is_err() {
+                return;
+            }
+            let mut c = Client {
+                conn,
+                stdin,
+                stdout,
+                // A terminal has one output stream.
+                stderr: stderr && !self.stdio.tty,
+                out: Vec::new(),
+                sent: 0,
+                // Frames the client sent right after its request.
+                inbuf: reader.buffer().to_vec(),
+                stdin_closed: false,
+                dead: false,
+            };
+            let frames = c.take_frames();
+            self.clients.push(c);
+            let i = self.clients.len() - 1;
+            for (ch, data) in frames {
+                self.client_frame(i, ch, &data);
+            }
         }
     }
 
@@ -562,5 +990,37 @@ impl Monitor<'_> {
             Some(Ok(())) => Ok(()),
             Some(Err(f)) => Err(f),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attach_requests_and_frames() {
+        let r: Request = serde_json::from_str(
+            r#"{"op":"attach","stdin":true,"stdout":true,"stderr":false,"tty":false}"#,
+        )
+        .expect("parse attach");
+        assert!(matches!(
+            r,
+            Request::Attach {
+                stdin: true,
+                stdout: true,
+                stderr: false,
+                ..
+            }
+        ));
+        let big = vec![7u8; attach::MAX_PAYLOAD + 10];
+        let f = attach::encode_all(attach::STDIN, &big);
+        assert_eq!(f.len(), big.len() + 2 * attach::HEADER);
+        let mut h = [0u8; attach::HEADER];
+        h.copy_from_slice(&f[..attach::HEADER]);
+        assert_eq!(
+            attach::parse_header(&h),
+            (attach::STDIN, attach::MAX_PAYLOAD)
+        );
+        assert_eq!(attach::resize_payload(0x0102, 0x0304), [1, 2, 3, 4]);
     }
 }

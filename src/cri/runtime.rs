@@ -266,6 +266,24 @@ impl Service for RuntimeService {
         }))
     }
 
+    async fn exec(&self, req: Request<cri::ExecRequest>) -> R<cri::ExecResponse> {
+        let url = self.rt.exec_url(req.into_inner()).await?;
+        Ok(Response::new(cri::ExecResponse { url }))
+    }
+
+    async fn attach(&self, req: Request<cri::AttachRequest>) -> R<cri::AttachResponse> {
+        let url = self.rt.attach_url(req.into_inner()).await?;
+        Ok(Response::new(cri::AttachResponse { url }))
+    }
+
+    async fn port_forward(
+        &self,
+        req: Request<cri::PortForwardRequest>,
+    ) -> R<cri::PortForwardResponse> {
+        let url = self.rt.port_forward_url(req.into_inner()).await?;
+        Ok(Response::new(cri::PortForwardResponse { url }))
+    }
+
     async fn reopen_container_log(
         &self,
         req: Request<cri::ReopenContainerLogRequest>,

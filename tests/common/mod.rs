@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod oci;
+pub mod spdy;
 
 use std::collections::HashSet;
 use std::os::unix::process::CommandExt;
