@@ -1,7 +1,7 @@
 //! Spawning sycri's helper processes and reaping every child.
 //!
-//! The server never forks to do namespace or mount work itself: it execs its own
-//! binary (`/proc/self/exe`) in a helper mode. The server is a child subreaper, so
+//! The server never forks to do namespace or mount work itself: it execs a helper
+//! (`sycri-engine`, or its own binary) in a helper mode. The server is a child subreaper, so
 //! monitors and pod inits that outlive their parents come back to it; one task
 //! reaps all children with `waitpid(-1)` and hands exit statuses to whoever waits.
 
@@ -15,11 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
-pub const MONITOR_ARG: &str = "__monitor";
-pub const SANDBOX_ARG: &str = "__sandbox";
-pub const EXEC_ARG: &str = "__exec";
-/// `sycri __portforward <netns>`: connects to ports inside a pod's network namespace.
-pub const PORTFORWARD_ARG: &str = "__portforward";
+pub use sycri_native::{EXEC_ARG, MONITOR_ARG, PORTFORWARD_ARG, SANDBOX_ARG};
 
 /// Exit of a child: the code, or 128 + signal.
 pub type ExitCode = i32;
@@ -120,9 +116,18 @@ impl Reaper {
     }
 }
 
-/// The binary to re-execute for helpers.
+/// The binary that runs helpers: `sycri-engine` beside the server's binary
+/// (small, so a long-lived monitor costs little memory and starts fast), else
+/// the server's own binary, which dispatches the helpers as well.
 pub fn self_exe() -> &'static Path {
-    Path::new("/proc/self/exe")
+    static ENGINE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    ENGINE.get_or_init(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join("sycri-engine")))
+            .filter(|engine| engine.is_file())
+            .unwrap_or_else(|| std::path::PathBuf::from("/proc/self/exe"))
+    })
 }
 
 /// Runs `sycri <mode> <spec>` and returns the JSON line it prints on stdout once

@@ -15,3 +15,33 @@ pub mod sandbox;
 pub mod sif;
 pub mod spec;
 pub mod util;
+
+/// Arguments that select one of the engine's helper modes (`sycri __monitor
+/// <spec.json>` and so on); the server passes them, nobody types them.
+pub const MONITOR_ARG: &str = "__monitor";
+pub const SANDBOX_ARG: &str = "__sandbox";
+pub const EXEC_ARG: &str = "__exec";
+pub const PORTFORWARD_ARG: &str = "__portforward";
+
+/// Runs the helper that the process's arguments name and returns its exit code,
+/// or None when the arguments name no helper. Called first thing in `main`, so
+/// that a helper sets nothing else up.
+pub fn run_helper_from_args() -> Option<i32> {
+    let mut args = std::env::args_os();
+    let _ = args.next();
+    let first = args.next()?;
+    let run: fn(&std::path::Path) -> i32 = match first.to_str()? {
+        MONITOR_ARG => monitor::main,
+        SANDBOX_ARG => sandbox::main,
+        EXEC_ARG => exec::main,
+        PORTFORWARD_ARG => exec::portforward_main,
+        _ => return None,
+    };
+    match args.next() {
+        Some(spec) => Some(run(std::path::Path::new(&spec))),
+        None => {
+            eprintln!("sycri: {} needs a spec path", first.to_string_lossy());
+            Some(2)
+        }
+    }
+}

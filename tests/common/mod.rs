@@ -252,19 +252,31 @@ pub fn server_log(dir: &Path) -> String {
 }
 
 pub async fn connect(sock: &Path) -> Channel {
-    let sock = sock.to_path_buf();
-    Endpoint::try_from("http://sycri.invalid")
-        .expect("endpoint")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let sock = sock.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(sock).await?,
-                ))
+    // The socket file appears at bind(); on a loaded machine the first connect
+    // may still be refused for a moment, so try for a bounded while.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let path = sock.to_path_buf();
+        let attempt = Endpoint::try_from("http://sycri.invalid")
+            .expect("endpoint")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }))
+            .await;
+        match attempt {
+            Ok(channel) => return channel,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("connect to sycri at {}: {e}; retrying", sock.display());
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-        }))
-        .await
-        .expect("connect to sycri")
+            Err(e) => panic!("connect to sycri at {}: {e}", sock.display()),
+        }
+    }
 }
 
 /// Mount points at or below `dir` in our mount namespace.
