@@ -13,7 +13,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use sycri_native::sif::{SifError, SifImage};
-use sycri_native::util::{now_ns, write_atomic};
+use sycri_native::util::{now_ns, write_durable};
 
 /// The part of an OCI image config that containers use, as stored in a SIF's
 /// `oci-config.json` object.
@@ -160,7 +160,7 @@ impl ImageStore {
         let data = serde_json::to_vec_pretty(index)
             .map_err(|e| Error::Internal(format!("encode image index: {e}")))?;
         let p = self.dir.join("index.json");
-        write_atomic(&p, &data).map_err(|e| Error::io(format!("write {}", p.display()), e))
+        write_durable(&p, &data).map_err(|e| Error::io(format!("write {}", p.display()), e))
     }
 
     pub fn blob_path(&self, rec: &ImageRecord) -> PathBuf {

@@ -7,8 +7,21 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Writes `data` to `path` so that readers see either the old or the new content,
-/// never a torn file: write a sibling temp file, fsync it, rename it over `path`.
+/// never a torn file: write a sibling temp file, rename it over `path`. No fsync:
+/// this is for state that a crash of sycri must not tear but that a power loss,
+/// which ends every container too, may take back (the container start path
+/// writes several such files and an fsync costs milliseconds each).
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    write_replacing(path, data, false)
+}
+
+/// Like [`write_atomic`], and the data is on disk (fsync) before the rename: for
+/// what must survive a power loss, such as the image index.
+pub fn write_durable(path: &Path, data: &[u8]) -> io::Result<()> {
+    write_replacing(path, data, true)
+}
+
+fn write_replacing(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
@@ -23,7 +36,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let result = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(data)?;
-        f.sync_data()?;
+        if durable {
+            f.sync_data()?;
+        }
         fs::rename(&tmp, path)
     })();
     if result.is_err() {
