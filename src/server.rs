@@ -26,6 +26,9 @@ pub enum ServeError {
     Streaming(#[from] crate::streaming::StreamingError),
 }
 
+/// How long a stopping server waits for connected clients.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Largest gRPC message accepted or sent (as kubelet's 16 MiB).
 const MAX_MESSAGE: usize = 16 << 20;
 
@@ -60,7 +63,11 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     tracing::info!(socket = %socket.display(), "sycri serving the CRI");
 
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-    let shutdown = async {
+    // When a stop signal comes, tonic stops accepting and waits for open
+    // connections; a client that keeps its connection must not hold the server
+    // for ever: after a grace period it stops regardless.
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
@@ -73,8 +80,9 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             _ = term.recv() => tracing::info!("SIGTERM: stopping the server; containers keep running"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping the server; containers keep running"),
         }
+        let _ = stopping_tx.send(());
     };
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(
             RuntimeServiceServer::new(RuntimeService::new(rt.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)
@@ -85,8 +93,17 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    tokio::select! {
+        served = server => served?,
+        _ = async {
+            if stopping_rx.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => tracing::warn!("clients still connected {SHUTDOWN_GRACE:?} after the stop signal; stopping anyway"),
+    }
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

@@ -208,7 +208,14 @@ async fn spawn(dir: &Path) -> (Child, Rt, Img) {
         .append(true)
         .open(dir.join("server.log"))
         .expect("server log");
+    // An empty config file of the test's own: never the machine's /etc/sycri.
+    let config = dir.join("sycri.toml");
+    if !config.exists() {
+        std::fs::write(&config, "").expect("write test config");
+    }
     let child = Command::new(env!("CARGO_BIN_EXE_sycri"))
+        .arg("--config")
+        .arg(&config)
         .arg("--listen")
         .arg(format!("unix://{}", sock.display()))
         .arg("--storage-dir")
