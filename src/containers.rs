@@ -73,17 +73,7 @@ pub enum State {
 
 impl Container {
     pub fn load(dir: &Path) -> Result<Container> {
-        let rec: ContainerRecord = serde_json::from_slice(
-            &std::fs::read(dir.join("container.json"))
-                .map_err(|e| Error::io("read container.json", e))?,
-        )
-        .map_err(|e| Error::Internal(format!("container.json: {e}")))?;
-        let config = cri::ContainerConfig::decode(
-            std::fs::read(dir.join("config.pb"))
-                .map_err(|e| Error::io("read config.pb", e))?
-                .as_slice(),
-        )
-        .map_err(|e| Error::Internal(format!("config.pb: {e}")))?;
+        let (rec, config) = crate::runtime::load_record(dir, "container.json")?;
         Ok(Container {
             rec,
             config,
@@ -92,10 +82,7 @@ impl Container {
     }
 
     pub fn save(&self) -> Result<()> {
-        let data = serde_json::to_vec_pretty(&self.rec)
-            .map_err(|e| Error::Internal(format!("encode container: {e}")))?;
-        write_atomic(&self.dir.join("container.json"), &data)
-            .map_err(|e| Error::io("write container.json", e))
+        crate::runtime::save_record(&self.dir, "container.json", &self.rec)
     }
 
     fn exit_file(&self) -> PathBuf {

@@ -58,16 +58,7 @@ pub struct Pod {
 
 impl Pod {
     pub fn load(dir: &Path) -> Result<Pod> {
-        let rec: PodRecord = serde_json::from_slice(
-            &std::fs::read(dir.join("pod.json")).map_err(|e| Error::io("read pod.json", e))?,
-        )
-        .map_err(|e| Error::Internal(format!("pod.json: {e}")))?;
-        let config = cri::PodSandboxConfig::decode(
-            std::fs::read(dir.join("config.pb"))
-                .map_err(|e| Error::io("read config.pb", e))?
-                .as_slice(),
-        )
-        .map_err(|e| Error::Internal(format!("config.pb: {e}")))?;
+        let (rec, config) = crate::runtime::load_record(dir, "pod.json")?;
         Ok(Pod {
             rec,
             config,
@@ -76,9 +67,7 @@ impl Pod {
     }
 
     pub fn save(&self) -> Result<()> {
-        let data = serde_json::to_vec_pretty(&self.rec)
-            .map_err(|e| Error::Internal(format!("encode pod: {e}")))?;
-        write_atomic(&self.dir.join("pod.json"), &data).map_err(|e| Error::io("write pod.json", e))
+        crate::runtime::save_record(&self.dir, "pod.json", &self.rec)
     }
 
     pub fn ns_path(&self, name: &str) -> PathBuf {

@@ -248,6 +248,33 @@ pub fn signal_process(pid: i32, start: Option<u64>, sig: i32) -> bool {
     unsafe { libc::kill(pid, sig) == 0 }
 }
 
+/// Reads a persisted object: its record (`<name>` JSON) and its CRI config
+/// (`config.pb`, protobuf) from `dir`.
+pub fn load_record<R: serde::de::DeserializeOwned, C: prost::Message + Default>(
+    dir: &Path,
+    name: &str,
+) -> Result<(R, C)> {
+    let rec = serde_json::from_slice(
+        &std::fs::read(dir.join(name)).map_err(|e| Error::io(format!("read {name}"), e))?,
+    )
+    .map_err(|e| Error::Internal(format!("{name}: {e}")))?;
+    let config = C::decode(
+        std::fs::read(dir.join("config.pb"))
+            .map_err(|e| Error::io("read config.pb", e))?
+            .as_slice(),
+    )
+    .map_err(|e| Error::Internal(format!("config.pb: {e}")))?;
+    Ok((rec, config))
+}
+
+/// Writes a persisted object's record (`<name>` JSON in `dir`), atomically.
+pub fn save_record<R: serde::Serialize>(dir: &Path, name: &str, rec: &R) -> Result<()> {
+    let data = serde_json::to_vec_pretty(rec)
+        .map_err(|e| Error::Internal(format!("encode {name}: {e}")))?;
+    sycri_native::util::write_atomic(&dir.join(name), &data)
+        .map_err(|e| Error::io(format!("write {name}"), e))
+}
+
 /// Reads a file that may not exist.
 pub fn read_optional(p: &Path) -> Result<Option<Vec<u8>>> {
     match std::fs::read(p) {
