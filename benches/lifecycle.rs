@@ -14,6 +14,11 @@
 //! SYCRI_BENCH_ROUNDS overrides the number of measured rounds (default 20);
 //! SYCRI_BENCH_CNI_CONF_DIR gives the pods a CNI network (default: none,
 //! loopback only).
+//!
+//! The helpers run from the static `sycri-engine` that `scripts/build-engine.sh`
+//! builds (as `scripts/start-server.sh` installs it) when it is there and from
+//! this build; SYCRI_BENCH_ENGINE names another. Otherwise the server picks its
+//! engine itself. The figures name the binary a monitor ran and its linking.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -95,6 +100,54 @@ fn fixture() -> Option<PathBuf> {
     dir.join(name).canonicalize().ok()
 }
 
+/// The helper binary to give the server: $SYCRI_BENCH_ENGINE, else the static
+/// build of scripts/build-engine.sh when it matches these sources.
+fn engine() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("SYCRI_BENCH_ENGINE") {
+        return Some(PathBuf::from(p));
+    }
+    let host = if cfg!(target_arch = "aarch64") {
+        "aarch64-unknown-linux-gnu"
+    } else {
+        "x86_64-unknown-linux-gnu"
+    };
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_sycri"));
+    // <target>/release/sycri -> <target>/<host>/release/sycri-engine
+    let path = exe
+        .parent()?
+        .parent()?
+        .join(host)
+        .join("release/sycri-engine");
+    let out = Command::new(&path)
+        .arg(sycri_native::ENGINE_BUILD_ARG)
+        .output()
+        .ok()?;
+    if String::from_utf8_lossy(&out.stdout).trim() == sycri_native::ENGINE_BUILD {
+        Some(path)
+    } else {
+        println!(
+            "note: {} is from another build; run scripts/build-engine.sh to measure the static engine",
+            path.display()
+        );
+        None
+    }
+}
+
+/// The binary a process runs, and whether it is dynamically linked (the
+/// dynamic loader is mapped).
+fn exe_and_linking(pid: i32) -> String {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "?".into());
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let linking = if maps.contains("/ld-linux") {
+        "dynamic"
+    } else {
+        "static"
+    };
+    format!("{exe} ({linking})")
+}
+
 /// The server under test and its private directories; cleans up on drop.
 struct Server {
     dir: tempfile::TempDir,
@@ -123,7 +176,11 @@ impl Server {
         let log =
             std::fs::File::create(d.join("server.log")).map_err(|e| format!("server log: {e}"))?;
         let log2 = log.try_clone().map_err(|e| format!("server log: {e}"))?;
-        let child = Command::new(env!("CARGO_BIN_EXE_sycri"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sycri"));
+        if let Some(engine) = engine() {
+            cmd.arg("--engine-binary").arg(engine);
+        }
+        let child = cmd
             .arg("--config")
             .arg(&config)
             .arg("--listen")
@@ -413,7 +470,8 @@ async fn run(sif: &Path, rounds: usize) -> Res<()> {
                         .cloned()
                         .unwrap_or_else(|| args.first().cloned().unwrap_or_default());
                     helpers.push(format!(
-                        "{role} (pid {pid}): RSS {} = anon {} kB + file {} kB; PSS {} kB",
+                        "{role} (pid {pid}, {}): RSS {} = anon {} kB + file {} kB; PSS {} kB",
+                        exe_and_linking(*pid),
                         rss_kb(*pid).map(mb).unwrap_or_else(|| "gone".into()),
                         kb_field(&format!("/proc/{pid}/status"), "RssAnon:").unwrap_or(0),
                         kb_field(&format!("/proc/{pid}/status"), "RssFile:").unwrap_or(0),

@@ -9,7 +9,8 @@
 
 # Debian packages:
 #   build-essential, pkg-config  C compiler and make for the crates that build C
-#                                (ring, zstd-sys); protoc is not needed (protox)
+#                                (ring, zstd-sys), and libc6-dev's libc.a for the
+#                                static sycri-engine; protoc is not needed (protox)
 #   squashfs-tools               mksquashfs/unsquashfs, used by tests that make images
 #   squashfs-tools-ng            tar2sqfs: registry pulls turn layers into squashfs
 #                                with it; sqfs2tar in the conversion tests

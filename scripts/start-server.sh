@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets the machine up (scripts/setup.sh; scripts/setup-cni.sh for a default pod
-# network unless --no-cni), builds sycri and sycri-engine (release), installs
-# them to /usr/local/bin,
+# network unless --no-cni), builds sycri (release) and a static sycri-engine
+# (scripts/build-engine.sh), installs them to /usr/local/bin,
 # writes a default /etc/sycri/sycri.toml if there is none, and starts the
 # server: in the background (log /var/log/sycri.log, pid /var/run/sycri.pid),
 # or in the foreground with --foreground. Then waits for the CRI socket.
@@ -14,7 +14,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 BIN=/usr/local/bin/sycri
 # The helpers (one monitor per container, pod sandboxes, exec, port-forward)
-# run from sycri-engine, found beside sycri; without it sycri runs them itself.
+# run from sycri-engine, found beside sycri (used when it comes from the same
+# build); without it sycri runs them itself.
 ENGINE=/usr/local/bin/sycri-engine
 CONFIG=/etc/sycri/sycri.toml
 LOG=${SYCRI_LOG:-/var/log/sycri.log}
@@ -65,12 +66,11 @@ if [ "$cni" -eq 1 ]; then
 fi
 
 echo "building sycri (release)..." >&2
-cargo build --release --quiet --bins
+cargo build --release --quiet --bin sycri
 target="$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+engine="$(bash scripts/build-engine.sh)"
 install -D -m 0755 "${target:-target}/release/sycri" "$BIN"
-if [ -x "${target:-target}/release/sycri-engine" ]; then
-    install -D -m 0755 "${target:-target}/release/sycri-engine" "$ENGINE"
-fi
+install -D -m 0755 "$engine" "$ENGINE"
 
 if [ ! -e "$CONFIG" ]; then
     mkdir -p "$(dirname "$CONFIG")"

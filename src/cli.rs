@@ -39,6 +39,10 @@ pub struct Args {
     /// CNI plugin directory; repeat for several (default /opt/cni/bin, /usr/lib/cni).
     #[arg(long = "cni-bin-dir", value_name = "DIR")]
     pub cni_bin_dirs: Vec<PathBuf>,
+    /// Binary that runs the helpers: a sycri-engine from the same build
+    /// (default: sycri-engine beside sycri when it matches, else sycri itself).
+    #[arg(long, value_name = "PATH")]
+    pub engine_binary: Option<PathBuf>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -83,6 +87,9 @@ impl Args {
         }
         if let Some(v) = self.cni_conf_dir {
             c.cni_conf_dir = v;
+        }
+        if let Some(v) = self.engine_binary {
+            c.engine_binary = Some(v);
         }
         if !self.cni_bin_dirs.is_empty() {
             c.cni_bin_dirs = self.cni_bin_dirs;

@@ -53,6 +53,10 @@ pub struct Config {
     /// Per-registry mirrors and plain-http settings (like containerd's hosts.toml):
     /// `[registry.hosts."docker.io"] mirrors = ["http://127.0.0.1:5000"]`.
     pub registry: crate::registry::RegistryConfig,
+    /// The binary that runs the helpers (container monitors, pod sandboxes,
+    /// exec, port-forward): a `sycri-engine` built from the same sources.
+    /// Default: `sycri-engine` beside `sycri` when it matches, else `sycri`.
+    pub engine_binary: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -72,6 +76,7 @@ impl Default for Config {
             cni_bin_dirs: DEFAULT_CNI_BIN_DIRS.iter().map(PathBuf::from).collect(),
             runtime_handlers: Vec::new(),
             registry: crate::registry::RegistryConfig::default(),
+            engine_binary: None,
         }
     }
 }

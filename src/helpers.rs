@@ -10,7 +10,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
@@ -116,18 +116,93 @@ impl Reaper {
     }
 }
 
-/// The binary that runs helpers: `sycri-engine` beside the server's binary
-/// (small, so a long-lived monitor costs little memory and starts fast), else
-/// the server's own binary, which dispatches the helpers as well.
+static ENGINE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// The binary that runs helpers, as [`select_engine`] chose it; the server's
+/// own binary (which dispatches the helpers as well) until then.
 pub fn self_exe() -> &'static Path {
-    static ENGINE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    ENGINE.get_or_init(|| {
-        std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().map(|d| d.join("sycri-engine")))
-            .filter(|engine| engine.is_file())
-            .unwrap_or_else(|| std::path::PathBuf::from("/proc/self/exe"))
-    })
+    ENGINE
+        .get()
+        .map(PathBuf::as_path)
+        .unwrap_or(Path::new("/proc/self/exe"))
+}
+
+/// Why a `sycri-engine` binary was not used.
+#[derive(thiserror::Error, Debug)]
+pub enum EngineError {
+    #[error("engine binary {path}: cannot run it: {source}")]
+    Run {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "engine binary {path} is from another build (its sources {found:?}, this server's {want}); \
+         rebuild and install both"
+    )]
+    Mismatch {
+        path: PathBuf,
+        found: String,
+        want: &'static str,
+    },
+}
+
+/// Asks `path` for its build fingerprint and checks it against ours.
+fn check_engine(path: &Path) -> std::result::Result<(), EngineError> {
+    let out = Command::new(path)
+        .arg(sycri_native::ENGINE_BUILD_ARG)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .env_clear()
+        .output()
+        .map_err(|source| EngineError::Run {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let found = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if out.status.success() && found == sycri_native::ENGINE_BUILD {
+        Ok(())
+    } else {
+        Err(EngineError::Mismatch {
+            path: path.to_path_buf(),
+            found,
+            want: sycri_native::ENGINE_BUILD,
+        })
+    }
+}
+
+/// Chooses the binary that runs the helpers, once, before any child is
+/// started (it waits for its probe itself, so it must run before the Reaper).
+///
+/// `configured` (the `engine_binary` setting) must be a matching engine. Else
+/// `sycri-engine` beside the server's binary is used when it matches (a small,
+/// ideally static binary: each monitor lives as long as its container); a
+/// stale one is reported and passed over; else the server runs the helpers
+/// from its own binary.
+pub fn select_engine(configured: Option<&Path>) -> std::result::Result<&'static Path, EngineError> {
+    let chosen = match configured {
+        Some(path) => {
+            check_engine(path)?;
+            path.to_path_buf()
+        }
+        None => {
+            let beside = std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(|d| d.join("sycri-engine")))
+                .filter(|p| p.is_file());
+            match beside {
+                Some(path) => match check_engine(&path) {
+                    Ok(()) => path,
+                    Err(e) => {
+                        tracing::warn!("{e}; running the helpers from sycri itself");
+                        PathBuf::from("/proc/self/exe")
+                    }
+                },
+                None => PathBuf::from("/proc/self/exe"),
+            }
+        }
+    };
+    tracing::info!(engine = %chosen.display(), "helper binary");
+    Ok(ENGINE.get_or_init(|| chosen).as_path())
 }
 
 /// Runs `sycri <mode> <spec>` and returns the JSON line it prints on stdout once

@@ -20,6 +20,8 @@ pub enum ServeError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Engine(#[from] crate::helpers::EngineError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("streaming server: {0}")]
@@ -34,6 +36,7 @@ const MAX_MESSAGE: usize = 16 << 20;
 
 pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let socket = cfg.socket_path()?;
+    crate::helpers::select_engine(cfg.engine_binary.as_deref())?;
     let reaper = Reaper::start()?;
     let rt = Runtime::open(cfg, reaper)?;
     let streaming = crate::streaming::start(rt.clone(), &rt.cfg.stream_address).await?;

@@ -22,6 +22,13 @@ pub const MONITOR_ARG: &str = "__monitor";
 pub const SANDBOX_ARG: &str = "__sandbox";
 pub const EXEC_ARG: &str = "__exec";
 pub const PORTFORWARD_ARG: &str = "__portforward";
+/// Asks a helper binary for [`ENGINE_BUILD`]; it prints it and exits 0.
+pub const ENGINE_BUILD_ARG: &str = "__engine-build";
+
+/// Fingerprint of this crate's sources (see build.rs). The server uses a
+/// separate `sycri-engine` binary only when its fingerprint equals the
+/// server's own copy of this constant.
+pub const ENGINE_BUILD: &str = env!("SYCRI_ENGINE_BUILD");
 
 /// Runs the helper that the process's arguments name and returns its exit code,
 /// or None when the arguments name no helper. Called first thing in `main`, so
@@ -30,6 +37,10 @@ pub fn run_helper_from_args() -> Option<i32> {
     let mut args = std::env::args_os();
     let _ = args.next();
     let first = args.next()?;
+    if first == ENGINE_BUILD_ARG {
+        println!("{ENGINE_BUILD}");
+        return Some(0);
+    }
     let run: fn(&std::path::Path) -> i32 = match first.to_str()? {
         MONITOR_ARG => monitor::main,
         SANDBOX_ARG => sandbox::main,

@@ -119,11 +119,18 @@ impl Server {
 
     /// Starts sycri on fresh directories.
     pub async fn start() -> Server {
+        Server::start_with_config("").await
+    }
+
+    /// Starts sycri on fresh directories with this config file (TOML); the
+    /// flags the harness passes (socket, directories, CNI) override it.
+    pub async fn start_with_config(toml: &str) -> Server {
         start_reaper();
         let dir = tempfile::Builder::new()
             .prefix("sy")
             .tempdir_in("/tmp")
             .expect("tempdir");
+        std::fs::write(dir.path().join("sycri.toml"), toml).expect("write test config");
         let (child, rt, img) = spawn(dir.path()).await;
         Server {
             dir,
@@ -201,6 +208,24 @@ fn untrack(pid: u32) {
 }
 
 async fn spawn(dir: &Path) -> (Child, Rt, Img) {
+    // An empty config file of the test's own: never the machine's /etc/sycri.
+    let config = dir.join("sycri.toml");
+    if !config.exists() {
+        std::fs::write(&config, "").expect("write test config");
+    }
+    launch(dir, &config, true).await
+}
+
+/// Starts `sycri --config <config>` with its socket at `<dir>/cri.sock` and its
+/// log in `<dir>/server.log`, and connects to it. With `dir_flags` the
+/// harness's flags put the store, run directory and CNI config (an empty
+/// directory: loopback only, never the host's /etc/cni/net.d) under `dir`;
+/// without, the config file must name them (and the socket).
+///
+/// $SYCRI_TEST_ENGINE (scripts/test.sh sets it to the static engine that
+/// scripts/start-server.sh installs) is the helper binary unless the config
+/// names one.
+pub async fn launch(dir: &Path, config: &Path, dir_flags: bool) -> (Child, Rt, Img) {
     let sock = dir.join("cri.sock");
     let _ = std::fs::remove_file(&sock);
     let log = std::fs::OpenOptions::new()
@@ -208,26 +233,27 @@ async fn spawn(dir: &Path) -> (Child, Rt, Img) {
         .append(true)
         .open(dir.join("server.log"))
         .expect("server log");
-    // An empty config file of the test's own: never the machine's /etc/sycri.
-    let config = dir.join("sycri.toml");
-    if !config.exists() {
-        std::fs::write(&config, "").expect("write test config");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sycri"));
+    cmd.arg("--config").arg(config);
+    if dir_flags {
+        cmd.arg("--listen")
+            .arg(format!("unix://{}", sock.display()))
+            .arg("--storage-dir")
+            .arg(dir.join("store"))
+            .arg("--run-dir")
+            .arg(dir.join("run"))
+            .arg("--log-level")
+            .arg("debug")
+            .arg("--cni-conf-dir")
+            .arg(dir.join("cni"));
     }
-    let child = Command::new(env!("CARGO_BIN_EXE_sycri"))
-        .arg("--config")
-        .arg(&config)
-        .arg("--listen")
-        .arg(format!("unix://{}", sock.display()))
-        .arg("--storage-dir")
-        .arg(dir.join("store"))
-        .arg("--run-dir")
-        .arg(dir.join("run"))
-        .arg("--log-level")
-        .arg("debug")
-        // Pods get loopback only unless a test gives a network: never the
-        // host's /etc/cni/net.d.
-        .arg("--cni-conf-dir")
-        .arg(dir.join("cni"))
+    let configured = std::fs::read_to_string(config).unwrap_or_default();
+    if let Some(engine) = std::env::var_os("SYCRI_TEST_ENGINE") {
+        if !configured.contains("engine_binary") {
+            cmd.arg("--engine-binary").arg(engine);
+        }
+    }
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("dup"))
         .stderr(log)
