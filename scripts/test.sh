@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: sets the machine up (scripts/setup.sh), then
 #   cargo fmt --check, cargo clippy -D warnings   (fail fast)
-#   cargo build --workspace --all-targets
+#   cargo build --workspace --all-targets, scripts/build-engine.sh
 #   cargo test --workspace --no-fail-fast [ARGS...]
 # as root: the tests attach loop devices, mount and make namespaces.
 #
@@ -47,6 +47,13 @@ if [ "${SYCRI_SKIP_LINT:-0}" != 1 ]; then
 fi
 
 step cargo build --workspace --all-targets
+
+# The servers under test run their helpers from the static sycri-engine, the
+# binary scripts/start-server.sh installs (tests/common: SYCRI_TEST_ENGINE).
+printf '\n==> scripts/build-engine.sh\n'
+SYCRI_TEST_ENGINE="$(bash scripts/build-engine.sh)"
+export SYCRI_TEST_ENGINE
+echo "helpers run from $SYCRI_TEST_ENGINE"
 
 # cargo's own summaries ("test result: ...") go to stdout as usual; a copy is
 # kept to add them up at the end.

@@ -9,13 +9,10 @@ mod common;
 use common::*;
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use sycri::proto::cri;
-use sycri::proto::cri::image_service_client::ImageServiceClient;
-use sycri::proto::cri::runtime_service_client::RuntimeServiceClient;
 
 const PLUGIN_DIRS: &[&str] = &["/opt/cni/bin", "/usr/lib/cni"];
 
@@ -225,7 +222,7 @@ async fn start_server(cfg_dir: &Path, cni_conf_dir: &Path) -> Server {
         ),
     )
     .expect("write server config");
-    let (child, rt, img) = spawn_with_config(dir.path(), &cfg).await;
+    let (child, rt, img) = launch(dir.path(), &cfg, false).await;
     Server {
         dir,
         child: Some(child),
@@ -234,51 +231,10 @@ async fn start_server(cfg_dir: &Path, cni_conf_dir: &Path) -> Server {
     }
 }
 
-async fn spawn_with_config(
-    dir: &Path,
-    cfg: &Path,
-) -> (
-    std::process::Child,
-    RuntimeServiceClient<tonic::transport::Channel>,
-    ImageServiceClient<tonic::transport::Channel>,
-) {
-    let sock = dir.join("cri.sock");
-    let _ = std::fs::remove_file(&sock);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("server.log"))
-        .expect("server log");
-    let child = Command::new(env!("CARGO_BIN_EXE_sycri"))
-        .arg("--config")
-        .arg(cfg)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("dup"))
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .expect("start sycri");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "sycri does not answer on its socket; log:\n{}",
-            server_log(dir)
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let channel = connect(&sock).await;
-    (
-        child,
-        RuntimeServiceClient::new(channel.clone()),
-        ImageServiceClient::new(channel),
-    )
-}
-
 /// Stops the server (SIGTERM; containers and pods live on) and starts it again.
 async fn restart_server(s: &mut Server, cfg_dir: &Path) {
     s.terminate();
-    let (child, rt, img) = spawn_with_config(s.dir.path(), &cfg_dir.join("sycri.toml")).await;
+    let (child, rt, img) = launch(s.dir.path(), &cfg_dir.join("sycri.toml"), false).await;
     s.child = Some(child);
     s.rt = rt;
     s.img = img;

@@ -4,7 +4,7 @@
 //! a tiny HTTP server for what a real registry would refuse to serve, and a
 //! sycri server started with a config file.
 
-use super::{Server, SERVER_PIDS};
+use super::Server;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -927,53 +927,5 @@ async fn serve_one(
 
 /// Starts sycri like [`Server::start`], with `--config` naming a file that holds `toml`.
 pub async fn start_server_with_config(toml: &str) -> Server {
-    super::start_reaper();
-    let dir = tempfile::Builder::new()
-        .prefix("sy")
-        .tempdir_in("/tmp")
-        .expect("tempdir");
-    let cfg = dir.path().join("sycri.toml");
-    std::fs::write(&cfg, toml).expect("write config");
-    let sock = dir.path().join("cri.sock");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.path().join("server.log"))
-        .expect("server log");
-    let child = Command::new(env!("CARGO_BIN_EXE_sycri"))
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--listen")
-        .arg(format!("unix://{}", sock.display()))
-        .arg("--storage-dir")
-        .arg(dir.path().join("store"))
-        .arg("--run-dir")
-        .arg(dir.path().join("run"))
-        .arg("--log-level")
-        .arg("debug")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("dup"))
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .expect("start sycri");
-    if let Ok(mut v) = SERVER_PIDS.lock() {
-        v.push(child.id());
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !sock.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "sycri did not create its socket; log:\n{}",
-            super::server_log(dir.path())
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let channel = super::connect(&sock).await;
-    Server {
-        child: Some(child),
-        rt: super::RuntimeServiceClient::new(channel.clone()).max_decoding_message_size(16 << 20),
-        img: super::ImageServiceClient::new(channel).max_decoding_message_size(16 << 20),
-        dir,
-    }
+    Server::start_with_config(toml).await
 }
