@@ -50,12 +50,25 @@ pub struct ContainerRecord {
     pub monitor_pid: Option<i32>,
     #[serde(default)]
     pub monitor_start: Option<u64>,
-    /// The container's cgroup, which holds every process of it.
+    /// The container's cgroup (v2), which holds every process of it.
     #[serde(default)]
     pub cgroup: Option<PathBuf>,
+    /// Its v1 cgroups, (controller, directory), for the controllers v2 lacks.
+    #[serde(default)]
+    pub cgroups_v1: Vec<(String, PathBuf)>,
+    /// The limits in force (CreateContainer's, then UpdateContainerResources').
+    #[serde(default)]
+    pub resources: sycri_native::cgroup::Resources,
     /// Why StartContainer failed, if it did.
     #[serde(default)]
     pub start_error: Option<String>,
+}
+
+/// What CreateContainer has reserved for a container before making it.
+struct NewContainer<'a> {
+    id: &'a str,
+    name_key: &'a str,
+    cgroups: &'a sycri_native::cgroup::Cgroups,
 }
 
 pub struct Container {
@@ -186,7 +199,10 @@ impl Container {
                 .as_ref()
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            resources: None,
+            resources: Some(cri::ContainerResources {
+                linux: Some(crate::resources::to_cri(&self.rec.resources)),
+                windows: None,
+            }),
             user: None,
             stop_signal: c.stop_signal,
         }
@@ -408,9 +424,27 @@ impl Runtime {
         let name_key = format!("{}_{}_{}", md.name, pod_name, md.attempt);
         let name_key = format!("{name_key}_{pod_id}");
         let id = random_hex(32);
+        let parent = crate::resources::cgroup_parent(&pod_guard.config)?;
+        let cgroups = self.cgroups.cgroups(&parent, &id);
+        if parent != crate::resources::CGROUP_PARENT {
+            // Normally the kubelet's pod cgroup; make sure it passes the
+            // controllers on (sycri's own group was prepared at start).
+            let layout = self.cgroups.clone();
+            blocking(move || layout.prepare(&parent).map_err(Error::from)).await?;
+        }
         self.reserve_name(&name_key, &id)?;
         let result = self
-            .create_container_inner(&id, &name_key, &pod_guard, config, &image, image_name)
+            .create_container_inner(
+                NewContainer {
+                    id: &id,
+                    name_key: &name_key,
+                    cgroups: &cgroups,
+                },
+                &pod_guard,
+                config,
+                &image,
+                image_name,
+            )
             .await;
         drop(pod_guard);
         match result {
@@ -421,12 +455,10 @@ impl Runtime {
             }
             Err(e) => {
                 self.release_name(&name_key, &id);
-                if let Some(root) = &self.cgroup_root {
-                    let cg = root.join(&id);
-                    let _ =
-                        blocking(move || sycri_native::cgroup::remove(&cg).map_err(Error::from))
-                            .await;
-                }
+                let _ = blocking(move || {
+                    sycri_native::cgroup::remove_all(&cgroups).map_err(Error::from)
+                })
+                .await;
                 let _ = std::fs::remove_dir_all(self.container_state_dir(&id));
                 let _ = std::fs::remove_dir_all(self.container_run_dir(&id));
                 self.release_image_if_unused(&image.id, Some(&id)).await;
@@ -437,13 +469,33 @@ impl Runtime {
 
     async fn create_container_inner(
         self: &Arc<Self>,
-        id: &str,
-        name_key: &str,
+        new: NewContainer<'_>,
         pod: &Pod,
         config: cri::ContainerConfig,
         image: &ImageRecord,
         image_ref: String,
     ) -> Result<Container> {
+        let NewContainer {
+            id,
+            name_key,
+            cgroups,
+        } = new;
+        if let Some(sc) = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+        {
+            // A group without a user would pair it with the image's user, which
+            // the kubelet never means (as containerd and CRI-O, refuse it).
+            if sc.run_as_group.is_some()
+                && sc.run_as_user.is_none()
+                && sc.run_as_username.is_empty()
+            {
+                return Err(Error::InvalidArgument(
+                    "run_as_group is set without run_as_user or run_as_username".into(),
+                ));
+            }
+        }
         let rootfs = {
             let _g = self.image_mounts.lock().await;
             let (rt, rec) = (self.clone(), image.clone());
@@ -611,10 +663,28 @@ impl Runtime {
             }
         };
         let control_socket = run.join("ctl.sock");
-        let cgroup = self.cgroup_root.as_ref().map(|r| r.join(id));
-        if let Some(cg) = &cgroup {
-            sycri_native::cgroup::create(cg)?;
+        // The cgroups and their limits exist before any process of the
+        // container does.
+        let resources = linux
+            .resources
+            .as_ref()
+            .map(crate::resources::from_cri)
+            .unwrap_or_default();
+        {
+            let (cgs, res) = (cgroups.clone(), resources.clone());
+            blocking(move || {
+                sycri_native::cgroup::create_all(&cgs)?;
+                sycri_native::cgroup::apply(&cgs, &res)?;
+                Ok(())
+            })
+            .await?;
         }
+        let cgroup = cgroups.v2.clone();
+        let caps = if privileged {
+            Vec::new()
+        } else {
+            capabilities(&sc)
+        };
         let spec = ContainerSpec {
             id: id.to_string(),
             image_rootfs: rootfs,
@@ -640,11 +710,7 @@ impl Runtime {
                 uid: ident.uid,
                 gid: ident.gid,
                 additional_gids: ident.additional_gids,
-                capabilities: if privileged {
-                    Vec::new()
-                } else {
-                    capabilities(&sc)
-                },
+                capabilities: caps.clone(),
                 no_new_privileges: sc.no_new_privs,
                 tty: config.tty,
                 stdin: config.stdin,
@@ -653,6 +719,7 @@ impl Runtime {
             log_path: log_path.clone(),
             control_socket: control_socket.clone(),
             cgroup: cgroup.clone(),
+            cgroups_v1: cgroups.v1.iter().map(|(_, d)| d.clone()).collect(),
             exit_file: state.join("exit.json"),
         };
         write_atomic(&state.join("config.pb"), &config.encode_to_vec())
@@ -702,6 +769,8 @@ impl Runtime {
                 monitor_pid: Some(monitor),
                 monitor_start: process_start_time(monitor),
                 cgroup,
+                cgroups_v1: cgroups.v1.clone(),
+                resources,
                 start_error: None,
             },
             config,
@@ -812,9 +881,8 @@ impl Runtime {
         };
         self.stop_container(&id, 0).await?;
         let c = c.lock().await;
-        if let Some(cg) = c.rec.cgroup.clone() {
-            blocking(move || sycri_native::cgroup::remove(&cg).map_err(Error::from)).await?;
-        }
+        let cgroups = c.cgroups();
+        blocking(move || sycri_native::cgroup::remove_all(&cgroups).map_err(Error::from)).await?;
         for d in [self.container_run_dir(&id), c.dir.clone()] {
             match std::fs::remove_dir_all(&d) {
                 Ok(()) => {}
@@ -927,9 +995,8 @@ impl Runtime {
 
 /// Ends whatever the container left running (children in a shared pid namespace).
 async fn kill_cgroup(c: &Container) {
-    if let Some(cg) = c.rec.cgroup.clone() {
-        let _ = blocking(move || sycri_native::cgroup::kill(&cg).map_err(Error::from)).await;
-    }
+    let cgroups = c.cgroups();
+    let _ = blocking(move || sycri_native::cgroup::kill_all(&cgroups).map_err(Error::from)).await;
 }
 
 /// Waits until the container has exited, up to `limit`.

@@ -16,6 +16,7 @@ pub mod pods;
 pub mod proto;
 pub mod pull;
 pub mod registry;
+pub mod resources;
 pub mod runtime;
 pub mod server;
 pub mod streaming;

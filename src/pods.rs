@@ -191,6 +191,9 @@ impl Runtime {
         if md.name.is_empty() {
             return Err(Error::InvalidArgument("pod metadata needs a name".into()));
         }
+        // Its containers' cgroups go there: refuse a bad one now, not at
+        // the first CreateContainer.
+        crate::resources::cgroup_parent(&config)?;
         if !req.runtime_handler.is_empty()
             && !self.cfg.runtime_handlers.contains(&req.runtime_handler)
         {

@@ -28,8 +28,8 @@ pub struct Runtime {
     /// Serializes mounting and releasing images' root filesystems.
     pub image_mounts: Mutex<()>,
     pub reaper: Reaper,
-    /// Parent of the containers' cgroups (cgroup v2), when the host has v2.
-    pub cgroup_root: Option<PathBuf>,
+    /// The host's cgroup hierarchies, where containers get their cgroups.
+    pub cgroups: sycri_native::cgroup::Layout,
     /// Pod networking: CNI configs and plugins.
     pub cni: crate::cni::Cni,
     /// The streaming server's tokens and URL, once it listens.
@@ -81,7 +81,14 @@ impl Runtime {
             names: StdMutex::new(HashMap::new()),
             image_mounts: Mutex::new(()),
             reaper,
-            cgroup_root: sycri_native::cgroup::v2_root().map(|r| r.join("sycri")),
+            cgroups: {
+                let layout = sycri_native::cgroup::layout();
+                if let Err(e) = layout.prepare(crate::resources::CGROUP_PARENT) {
+                    tracing::warn!("cgroups: {e}; containers get no resource limits");
+                }
+                tracing::info!(v2 = ?layout.v2, v2_controllers = ?layout.v2_controllers, v1 = ?layout.v1, "cgroup hierarchies");
+                layout
+            },
             cni,
             streaming: std::sync::OnceLock::new(),
         };

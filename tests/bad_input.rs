@@ -248,6 +248,22 @@ async fn bad_configs_are_refused() {
         .await;
     expect_code("RunPodSandbox without metadata", r, Code::InvalidArgument);
     assert_serving(&mut s.rt, "RunPodSandbox without metadata").await;
+    let mut escaping = pod_config("x", &s.log_dir());
+    escaping
+        .linux
+        .get_or_insert_with(Default::default)
+        .cgroup_parent = "/kubepods/../../..".into();
+    let r =
+        s.rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(escaping),
+            runtime_handler: String::new(),
+        })
+        .await;
+    expect_code(
+        "RunPodSandbox with a cgroup parent leaving the hierarchy",
+        r,
+        Code::InvalidArgument,
+    );
     let r =
         s.rt.run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(pod_cfg.clone()),
@@ -326,6 +342,19 @@ async fn bad_configs_are_refused() {
         (
             "a mount without container path",
             with(&|c| c.mounts = vec![bind(&other, "")]),
+            Code::InvalidArgument,
+        ),
+        (
+            "run_as_group without run_as_user",
+            with(&|c| {
+                c.linux = Some(cri::LinuxContainerConfig {
+                    security_context: Some(cri::LinuxContainerSecurityContext {
+                        run_as_group: Some(cri::Int64Value { value: 1000 }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            }),
             Code::InvalidArgument,
         ),
     ];

@@ -130,7 +130,12 @@ pub fn main(spec_path: &Path) -> i32 {
             return EXEC_FAILED;
         }
     };
-    if let Some(cg) = &spec.container.cgroup {
+    for cg in spec
+        .container
+        .cgroup
+        .iter()
+        .chain(&spec.container.cgroups_v1)
+    {
         if let Err(f) = crate::cgroup::join(cg) {
             eprintln!("sycri exec: {f}");
             return EXEC_FAILED;

@@ -30,7 +30,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// A request on the monitor's control socket (one JSON line per connection).
@@ -225,7 +225,7 @@ fn child(
 ) -> ! {
     // Join the container's cgroup first, so that everything the container ever
     // starts can be found and ended.
-    if let Some(cg) = &spec.cgroup {
+    for cg in spec.cgroup.iter().chain(&spec.cgroups_v1) {
         if let Err(e) = crate::cgroup::join(cg) {
             let mut sync = File::from(sync);
             container::report(&mut sync, &Err(e));
@@ -647,8 +647,15 @@ impl Monitor<'_> {
             }
         }
         // The container is over: nothing of it may outlive it.
-        if let Some(cg) = &self.spec.cgroup {
-            let _ = crate::cgroup::kill(cg);
+        match &self.spec.cgroup {
+            Some(cg) => {
+                let _ = crate::cgroup::kill(cg);
+            }
+            None => {
+                for cg in &self.spec.cgroups_v1 {
+                    let _ = crate::cgroup::kill(cg);
+                }
+            }
         }
         self.drain(&mut buf);
         self.flush_clients();
@@ -880,11 +887,20 @@ impl Monitor<'_> {
                     });
                 }
                 Ok(WaitStatus::Signaled(p, sig, _)) if p == self.pid => {
+                    // The kernel counts the OOM kill before the victim dies.
+                    let oom = sig == Signal::SIGKILL
+                        && crate::cgroup::oom_killed(
+                            self.spec
+                                .cgroup
+                                .iter()
+                                .chain(&self.spec.cgroups_v1)
+                                .map(PathBuf::as_path),
+                        );
                     self.exit = Some(ExitStatus {
                         exit_code: 128 + sig as i32,
                         signal: Some(sig as i32),
                         finished_at_ns: now_ns(),
-                        oom_killed: false,
+                        oom_killed: oom,
                     });
                 }
                 Ok(WaitStatus::StillAlive) | Err(_) => break,

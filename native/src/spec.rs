@@ -107,6 +107,10 @@ pub struct ContainerSpec {
     /// The container's own cgroup (v2), which every process of it joins.
     #[serde(default)]
     pub cgroup: Option<PathBuf>,
+    /// Its v1 cgroups (for the controllers that v2 lacks on a hybrid host),
+    /// which every process of it joins too.
+    #[serde(default)]
+    pub cgroups_v1: Vec<PathBuf>,
     /// Where the monitor records the exit status.
     pub exit_file: PathBuf,
 }

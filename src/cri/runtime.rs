@@ -284,6 +284,62 @@ impl Service for RuntimeService {
         Ok(Response::new(cri::PortForwardResponse { url }))
     }
 
+    async fn update_container_resources(
+        &self,
+        req: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> R<cri::UpdateContainerResourcesResponse> {
+        let req = req.into_inner();
+        self.rt
+            .update_container_resources(&req.container_id, req.linux)
+            .await?;
+        Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
+    }
+
+    async fn container_stats(
+        &self,
+        req: Request<cri::ContainerStatsRequest>,
+    ) -> R<cri::ContainerStatsResponse> {
+        let stats = self
+            .rt
+            .container_stats(&req.into_inner().container_id)
+            .await?;
+        Ok(Response::new(cri::ContainerStatsResponse {
+            stats: Some(stats),
+        }))
+    }
+
+    async fn list_container_stats(
+        &self,
+        req: Request<cri::ListContainerStatsRequest>,
+    ) -> R<cri::ListContainerStatsResponse> {
+        let stats = self.rt.list_container_stats(req.into_inner().filter).await;
+        Ok(Response::new(cri::ListContainerStatsResponse { stats }))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        req: Request<cri::PodSandboxStatsRequest>,
+    ) -> R<cri::PodSandboxStatsResponse> {
+        let stats = self
+            .rt
+            .pod_sandbox_stats(&req.into_inner().pod_sandbox_id)
+            .await?;
+        Ok(Response::new(cri::PodSandboxStatsResponse {
+            stats: Some(stats),
+        }))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        req: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> R<cri::ListPodSandboxStatsResponse> {
+        let stats = self
+            .rt
+            .list_pod_sandbox_stats(req.into_inner().filter)
+            .await;
+        Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
+    }
+
     async fn reopen_container_log(
         &self,
         req: Request<cri::ReopenContainerLogRequest>,
