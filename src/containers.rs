@@ -685,6 +685,7 @@ impl Runtime {
         } else {
             capabilities(&sc)
         };
+        let seccomp = crate::seccomp::filter(&sc, privileged, &caps)?;
         let spec = ContainerSpec {
             id: id.to_string(),
             image_rootfs: rootfs,
@@ -715,6 +716,7 @@ impl Runtime {
                 tty: config.tty,
                 stdin: config.stdin,
                 stdin_once: config.stdin_once,
+                seccomp,
             },
             log_path: log_path.clone(),
             control_socket: control_socket.clone(),

@@ -18,6 +18,7 @@ pub mod pull;
 pub mod registry;
 pub mod resources;
 pub mod runtime;
+pub mod seccomp;
 pub mod server;
 pub mod streaming;
 pub mod userdb;

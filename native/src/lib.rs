@@ -12,6 +12,7 @@ pub mod monitor;
 pub mod mounts;
 pub mod resolve;
 pub mod sandbox;
+pub mod seccomp;
 pub mod sif;
 pub mod spec;
 pub mod util;

@@ -69,6 +69,10 @@ pub struct ProcessSpec {
     pub stdin: bool,
     #[serde(default)]
     pub stdin_once: bool,
+    /// The seccomp filter, compiled by the server; installed right before
+    /// execve.
+    #[serde(default)]
+    pub seccomp: Option<crate::seccomp::Filter>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]

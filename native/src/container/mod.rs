@@ -217,7 +217,17 @@ pub fn exec(spec: &ContainerSpec) -> Result<std::convert::Infallible> {
     let exe_c = cstrings(std::iter::once(exe.as_os_str().as_bytes()))?
         .pop()
         .ok_or_else(|| internal("exec", "empty path"))?;
+    // A filter needs no_new_privs or CAP_SYS_ADMIN to install: without the
+    // first, it goes on while we are still root with every capability (and
+    // then also judges the privilege drop); with it, as late as possible.
+    let seccomp = p.seccomp.as_ref();
+    if let Some(f) = seccomp.filter(|_| !p.no_new_privileges) {
+        crate::seccomp::install(f)?;
+    }
     drop_privileges(spec)?;
+    if let Some(f) = seccomp.filter(|_| p.no_new_privileges) {
+        crate::seccomp::install(f)?;
+    }
     match execve(&exe_c, &argv, &envp) {
         Err(e) => {
             let kind = match e {
