@@ -7,7 +7,7 @@ use crate::resolve::{self, Create};
 use crate::spec::{BindMount, ContainerSpec, Failure, FailureKind, Propagation};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-use nix::unistd::{chdir, pivot_root};
+use nix::unistd::{chdir, fchdir, pivot_root};
 use std::fs;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::symlink;
@@ -47,17 +47,38 @@ fn inside(root: &Path, rel: &str) -> PathBuf {
 /// Mounts the overlay root at `spec.rootfs_mountpoint` and everything under it.
 /// The calling process must already be alone in a new mount namespace.
 pub fn build(spec: &ContainerSpec) -> Result<()> {
-    // Nothing we mount may leak back to the host, but host mounts may still reach
-    // us for HOST_TO_CONTAINER mounts: rslave.
-    do_mount(
-        None,
-        Path::new("/"),
-        None,
-        MsFlags::MS_SLAVE | MsFlags::MS_REC,
-        None,
-    )?;
-
     let root = spec.rootfs_mountpoint.as_path();
+    if spec
+        .mounts
+        .iter()
+        .any(|m| m.propagation == Propagation::Shared)
+    {
+        // A BIDIRECTIONAL mount must join its (shared) source's peer group,
+        // so the host's mounts stay shared. Only the mount that holds the
+        // rootfs becomes a slave: whatever we mount under it (the rootfs and
+        // all inside) stays ours. pivot() keeps our unmounts from the host.
+        let real = fs::canonicalize(root)
+            .map_err(|e| internal(&format!("resolve {}", root.display()), e))?;
+        let holder = crate::mounts::mountinfo()
+            .map_err(|e| internal("read mountinfo", e))?
+            .into_iter()
+            .map(|m| m.mount_point)
+            .filter(|mp| real.starts_with(mp))
+            .max_by_key(|mp| mp.components().count())
+            .ok_or_else(|| internal("find the mount of the rootfs", real.display()))?;
+        do_mount(None, &holder, None, MsFlags::MS_SLAVE, None)?;
+    } else {
+        // Nothing we mount may leak back to the host, but host mounts may still
+        // reach us for HOST_TO_CONTAINER mounts: rslave.
+        do_mount(
+            None,
+            Path::new("/"),
+            None,
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            None,
+        )?;
+    }
+
     let upper = spec.layer_dir.join("upper");
     let work = spec.layer_dir.join("work");
     for d in [&upper, &work] {
@@ -337,10 +358,25 @@ fn readonly_path(root: &Path, p: &str) -> Result<()> {
 /// Makes the assembled rootfs the process's root and drops every host mount.
 pub fn pivot(spec: &ContainerSpec) -> Result<()> {
     let root = spec.rootfs_mountpoint.as_path();
+    // A handle on the old root: "." after pivot_root names the new root's
+    // mount, not the old one stacked on it.
+    let old_root = fs::File::open("/").map_err(|e| internal("open old root", e))?;
     chdir(root).map_err(|e| internal("chdir rootfs", e))?;
     pivot_root(".", ".").map_err(|e| internal("pivot_root", e))?;
-    // The old root is now stacked on top of the new one at "/"; detach it.
+    // The old root is now stacked on top of the new one at "/". Made a slave
+    // first (recursively: only the host's mounts are under it), so that
+    // detaching it cannot reach the host's mounts, which are still shared
+    // when the container has a BIDIRECTIONAL mount.
+    fchdir(&old_root).map_err(|e| internal("fchdir old root", e))?;
+    do_mount(
+        None,
+        Path::new("."),
+        None,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None,
+    )?;
     umount2(".", MntFlags::MNT_DETACH).map_err(|e| internal("detach old root", e))?;
+    drop(old_root);
     chdir("/").map_err(|e| internal("chdir /", e))?;
     if spec.readonly_rootfs {
         do_mount(
