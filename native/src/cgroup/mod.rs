@@ -167,6 +167,15 @@ impl Layout {
     /// enabled (held by another hierarchy, or a v2 root with processes) just
     /// limits nothing.
     pub fn prepare(&self, parent: &str) -> Result<(), Failure> {
+        if let Some((_, mp)) = self.v1.iter().find(|(c, _)| c == "cpuset") {
+            // New v1 cpuset groups start empty; with clone_children set on
+            // their parent they start with its CPUs and memory nodes, which
+            // saves create_all() the copying on the start path.
+            let group = mp.join(parent);
+            create(&group)?;
+            fill_cpuset(&group)?;
+            let _ = write_file(&group.join("cgroup.clone_children"), "1");
+        }
         let Some(v2) = &self.v2 else {
             return Ok(());
         };
@@ -198,18 +207,24 @@ pub fn create_all(cg: &Cgroups) -> Result<(), Failure> {
         create(dir)?;
     }
     if let Some((_, d)) = cg.v1.iter().find(|(c, _)| c == "cpuset") {
-        // Top-down: the parent group first.
+        // Top-down: the parent group first (already filled when prepared).
         let mut chain: Vec<&Path> = d.ancestors().take(2).collect();
         chain.reverse();
         for dir in chain {
-            for f in ["cpuset.cpus", "cpuset.mems"] {
-                let own = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-                if own.trim().is_empty() {
-                    if let Some(parent) = dir.parent() {
-                        let from = std::fs::read_to_string(parent.join(f)).unwrap_or_default();
-                        write_file(&dir.join(f), from.trim())?;
-                    }
-                }
+            fill_cpuset(dir)?;
+        }
+    }
+    Ok(())
+}
+
+/// Gives a v1 cpuset group without CPUs or memory nodes its parent's.
+fn fill_cpuset(dir: &Path) -> Result<(), Failure> {
+    for f in ["cpuset.cpus", "cpuset.mems"] {
+        let own = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        if own.trim().is_empty() {
+            if let Some(parent) = dir.parent() {
+                let from = std::fs::read_to_string(parent.join(f)).unwrap_or_default();
+                write_file(&dir.join(f), from.trim())?;
             }
         }
     }

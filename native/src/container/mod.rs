@@ -204,31 +204,53 @@ fn cstrings<'a>(it: impl Iterator<Item = &'a [u8]>) -> Result<Vec<CString>> {
     .collect()
 }
 
-/// The last steps: working directory, user, capabilities, execve.
-pub fn exec(spec: &ContainerSpec) -> Result<std::convert::Infallible> {
+/// A process ready to exec: everything done but the last step.
+pub struct Prepared {
+    exe: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    exe_path: PathBuf,
+    /// The filter still to install (with no_new_privs it goes on last).
+    late_seccomp: Option<crate::seccomp::Filter>,
+}
+
+/// Working directory, executable lookup, seccomp (unless it must wait for
+/// no_new_privs), user and capabilities: all that can happen before the
+/// start signal, so that StartContainer only pays for execve.
+pub fn prepare_exec(spec: &ContainerSpec) -> Result<Prepared> {
     let p = &spec.process;
     let cwd = if p.cwd.is_empty() { "/" } else { &p.cwd };
     std::fs::create_dir_all(cwd).map_err(|e| internal(&format!("create working dir {cwd}"), e))?;
     nix::unistd::chdir(cwd).map_err(|e| internal(&format!("chdir {cwd}"), e))?;
     let first = p.args.first().map(String::as_str).unwrap_or("");
-    let exe = find_executable(first, &p.env)?;
+    let exe_path = find_executable(first, &p.env)?;
     let argv = cstrings(p.args.iter().map(|s| s.as_bytes()))?;
     let envp = cstrings(p.env.iter().map(|s| s.as_bytes()))?;
-    let exe_c = cstrings(std::iter::once(exe.as_os_str().as_bytes()))?
+    let exe = cstrings(std::iter::once(exe_path.as_os_str().as_bytes()))?
         .pop()
         .ok_or_else(|| internal("exec", "empty path"))?;
     // A filter needs no_new_privs or CAP_SYS_ADMIN to install: without the
     // first, it goes on while we are still root with every capability (and
     // then also judges the privilege drop); with it, as late as possible.
-    let seccomp = p.seccomp.as_ref();
-    if let Some(f) = seccomp.filter(|_| !p.no_new_privileges) {
+    if let Some(f) = p.seccomp.as_ref().filter(|_| !p.no_new_privileges) {
         crate::seccomp::install(f)?;
     }
     drop_privileges(spec)?;
-    if let Some(f) = seccomp.filter(|_| p.no_new_privileges) {
+    Ok(Prepared {
+        exe,
+        argv,
+        envp,
+        exe_path,
+        late_seccomp: p.seccomp.clone().filter(|_| p.no_new_privileges),
+    })
+}
+
+/// The last step: the late seccomp filter and execve.
+pub fn finish_exec(p: Prepared) -> Result<std::convert::Infallible> {
+    if let Some(f) = &p.late_seccomp {
         crate::seccomp::install(f)?;
     }
-    match execve(&exe_c, &argv, &envp) {
+    match execve(&p.exe, &p.argv, &p.envp) {
         Err(e) => {
             let kind = match e {
                 nix::errno::Errno::ENOENT => FailureKind::InvalidArgument,
@@ -237,10 +259,18 @@ pub fn exec(spec: &ContainerSpec) -> Result<std::convert::Infallible> {
                 }
                 _ => FailureKind::Internal,
             };
-            Err(Failure::new(kind, format!("exec {}: {e}", exe.display())))
+            Err(Failure::new(
+                kind,
+                format!("exec {}: {e}", p.exe_path.display()),
+            ))
         }
         Ok(never) => match never {},
     }
+}
+
+/// Prepares and execs at once (exec'd processes have no start signal).
+pub fn exec(spec: &ContainerSpec) -> Result<std::convert::Infallible> {
+    finish_exec(prepare_exec(spec)?)
 }
 
 /// Messages from the container's first process to its monitor, over the sync pipe.
@@ -271,6 +301,9 @@ pub fn run(spec: &ContainerSpec, sync: OwnedFd, start: OwnedFd) -> ! {
     if setup.is_err() {
         std::process::exit(127);
     }
+    // Everything but execve now; a failure is reported only at start, as
+    // the error of StartContainer (like an exec failure).
+    let prepared = prepare_exec(spec);
     // Block until the monitor says go (StartContainer) or goes away.
     let mut go = [0u8; 1];
     match start.read(&mut go) {
@@ -278,7 +311,7 @@ pub fn run(spec: &ContainerSpec, sync: OwnedFd, start: OwnedFd) -> ! {
         _ => std::process::exit(127),
     }
     drop(start);
-    let err = match exec(spec) {
+    let err = match prepared.and_then(finish_exec) {
         Err(f) => f,
         Ok(never) => match never {},
     };
