@@ -3,7 +3,7 @@
 //! A deny-list: every syscall is allowed except those that reach outside the
 //! container or into the kernel's global state (modules, clocks, reboot,
 //! mounts and namespaces, keyrings, tracing other processes, NUMA policy,
-//! BPF, perf), which answer EPERM. A container granted the capability that
+//! BPF, perf, io_uring), which answer EPERM. A container granted the capability that
 //! governs such a syscall gets it back, so that adding CAP_SYS_ADMIN or
 //! CAP_SYS_PTRACE works as it does without seccomp. clone() may not make
 //! namespaces without CAP_SYS_ADMIN; clone3() answers ENOSYS (its flags are
@@ -79,6 +79,11 @@ const GUARDED: &[(&str, &[&str])] = &[
 /// Denied whatever the capabilities: obsolete or global, with no use in a
 /// container.
 const ALWAYS: &[&str] = &[
+    // io_uring: a large kernel surface that also makes sockets and opens
+    // files without the syscalls this profile judges.
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
     "add_key",
     "keyctl",
     "request_key",
@@ -157,14 +162,16 @@ pub fn runtime_default(capabilities: &[String]) -> Profile {
     rules.extend(personality);
     rules.push(deny(&["personality"]));
     // No vsock sockets (AF_VSOCK = 40): they reach the hypervisor's host.
+    // The domain is an int: the kernel ignores the upper 32 bits, so only
+    // the lower ones are compared.
     rules.push(SyscallRule {
         names: vec!["socket".into()],
         action: "SCMP_ACT_ERRNO".into(),
         args: vec![ArgCondition {
             index: 0,
-            value: 40,
-            value_two: 0,
-            op: "SCMP_CMP_EQ".into(),
+            value: 0xffff_ffff,
+            value_two: 40,
+            op: "SCMP_CMP_MASKED_EQ".into(),
         }],
         ..Default::default()
     });

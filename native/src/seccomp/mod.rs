@@ -336,7 +336,6 @@ fn condition(a: &mut Asm, c: &ArgCondition, fail: usize) -> Result<(), Failure> 
 /// architecture does not have are skipped (a profile names every
 /// architecture's), as libseccomp does.
 pub fn compile(p: &Profile) -> Result<Filter, Failure> {
-    let default_errno = p.default_errno_ret.unwrap_or(EPERM);
     let default = action(&p.default_action, p.default_errno_ret, EPERM)?;
     if !p.architectures.is_empty()
         && !p
@@ -362,7 +361,9 @@ pub fn compile(p: &Profile) -> Result<Filter, Failure> {
     // Rules per syscall number, in profile order.
     let mut by_nr: Vec<(u32, Vec<(&SyscallRule, u32)>)> = Vec::new();
     for rule in &p.syscalls {
-        let ret = action(&rule.action, rule.errno_ret, default_errno)?;
+        // A rule without errnoRet answers EPERM (defaultErrnoRet is only
+        // the default action's).
+        let ret = action(&rule.action, rule.errno_ret, EPERM)?;
         for name in rule.names.iter().chain(rule.name.iter()) {
             let Some(nr) = syscall_number(name) else {
                 continue;

@@ -87,7 +87,13 @@ fn allow_list_with_errno_default() {
     let f = profile(
         r#"{"defaultAction":"SCMP_ACT_ERRNO","defaultErrnoRet":38,
             "syscalls":[{"names":["read","write"],"action":"SCMP_ACT_ALLOW"},
-                        {"names":["kill"],"action":"SCMP_ACT_ERRNO","errnoRet":13}]}"#,
+                        {"names":["kill"],"action":"SCMP_ACT_ERRNO","errnoRet":13},
+                        {"names":["chmod","fchmodat"],"action":"SCMP_ACT_ERRNO"}]}"#,
+    );
+    // A rule's own errno defaults to EPERM, not to defaultErrnoRet.
+    assert_eq!(
+        run(&f.program, nr("fchmodat"), AUDIT_ARCH, [0; 6]),
+        EPERM_RET
     );
     assert_eq!(run(&f.program, nr("read"), AUDIT_ARCH, [0; 6]), RET_ALLOW);
     assert_eq!(run(&f.program, nr("write"), AUDIT_ARCH, [0; 6]), RET_ALLOW);
@@ -213,6 +219,9 @@ fn runtime_default_guards_namespaces_and_follows_capabilities() {
     assert_eq!(call("personality", [0xffff_ffff, 0, 0, 0, 0, 0]), RET_ALLOW);
     assert_eq!(call("personality", [0x0040_0000, 0, 0, 0, 0, 0]), EPERM_RET);
     assert_eq!(call("socket", [40, 1, 0, 0, 0, 0]), EPERM_RET);
+    // The kernel reads the domain as an int: high bits do not help.
+    assert_eq!(call("socket", [(1 << 32) | 40, 1, 0, 0, 0, 0]), EPERM_RET);
+    assert_eq!(call("io_uring_setup", [8, 0, 0, 0, 0, 0]), EPERM_RET);
     assert_eq!(call("socket", [2, 1, 0, 0, 0, 0]), RET_ALLOW);
 
     let admin = compile(&runtime_default(&[
