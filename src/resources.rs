@@ -7,7 +7,6 @@ use crate::error::{Error, Result};
 use crate::pods::Pod;
 use crate::proto::cri;
 use crate::runtime::{blocking, read_lock, Runtime};
-use std::path::Path;
 use sycri_native::cgroup::{Cgroups, Resources};
 use sycri_native::util::now_ns;
 
@@ -32,6 +31,13 @@ pub fn cgroup_parent(pod: &cri::PodSandboxConfig) -> Result<String> {
     if !ok || parent.contains('\0') {
         return Err(Error::InvalidArgument(format!(
             "cgroup_parent {parent:?} must be a plain path inside the cgroup hierarchy"
+        )));
+    }
+    // sycri's own group holds containers: a pod placed inside one would
+    // share its limits, die with it and keep it from being removed.
+    if parent == CGROUP_PARENT || parent.starts_with(&format!("{CGROUP_PARENT}/")) {
+        return Err(Error::InvalidArgument(format!(
+            "cgroup_parent {parent:?} is inside sycri's own cgroup {CGROUP_PARENT:?}"
         )));
     }
     Ok(parent.to_string())
@@ -91,33 +97,6 @@ fn u64v(v: Option<u64>) -> Option<cri::UInt64Value> {
     v.map(|value| cri::UInt64Value { value })
 }
 
-/// Bytes and inodes under `dir`, not following symlinks nor leaving its file
-/// system; what cannot be read is not counted.
-fn disk_usage(dir: &Path) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(top) = std::fs::symlink_metadata(dir) else {
-        return (0, 0);
-    };
-    let dev = top.dev();
-    let (mut bytes, mut inodes) = (0u64, 0u64);
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let Ok(md) = e.metadata() else { continue };
-            inodes += 1;
-            // Allocated blocks, as du counts them (sparse files are cheap).
-            bytes += md.blocks() * 512;
-            if md.is_dir() && md.dev() == dev {
-                stack.push(e.path());
-            }
-        }
-    }
-    (bytes, inodes)
-}
-
 impl Container {
     /// The container's cgroups, as created.
     pub fn cgroups(&self) -> Cgroups {
@@ -137,45 +116,62 @@ impl Container {
     }
 }
 
-/// Usage of one container (blocking: reads cgroup files and walks the
-/// writable layer).
-fn container_stats(c: &Container) -> cri::ContainerStats {
-    let ts = now_ns();
-    let s = sycri_native::cgroup::stats(&c.cgroups());
-    let upper = c.dir.join("upper");
-    let (used, inodes) = disk_usage(&upper);
-    let available = match (s.memory_limit, s.memory_working_set) {
-        (Some(l), Some(w)) => Some(l.saturating_sub(w)),
-        _ => None,
-    };
-    cri::ContainerStats {
-        attributes: Some(c.attributes()),
-        cpu: Some(cri::CpuUsage {
-            timestamp: ts,
-            usage_core_nano_seconds: u64v(s.cpu_usage_ns),
-            usage_nano_cores: None,
-            psi: None,
-        }),
-        memory: Some(cri::MemoryUsage {
-            timestamp: ts,
-            working_set_bytes: u64v(s.memory_working_set),
-            available_bytes: u64v(available),
-            usage_bytes: u64v(s.memory_usage),
-            rss_bytes: u64v(s.memory_rss),
-            page_faults: u64v(s.page_faults),
-            major_page_faults: u64v(s.major_page_faults),
-            psi: None,
-        }),
-        writable_layer: Some(cri::FilesystemUsage {
-            timestamp: ts,
-            fs_id: Some(cri::FilesystemIdentifier {
-                mountpoint: upper.to_string_lossy().into_owned(),
+/// What the usage of one container is read from, taken under its lock so
+/// that the reading itself (cgroup files, a walk of the writable layer) does
+/// not hold Stop, Exec or Status up.
+struct StatsSource {
+    attributes: cri::ContainerAttributes,
+    cgroups: Cgroups,
+    upper: std::path::PathBuf,
+}
+
+impl StatsSource {
+    fn of(c: &Container) -> StatsSource {
+        StatsSource {
+            attributes: c.attributes(),
+            cgroups: c.cgroups(),
+            upper: c.dir.join("upper"),
+        }
+    }
+
+    /// Blocking: reads cgroup files and walks the writable layer.
+    fn read(self) -> cri::ContainerStats {
+        let ts = now_ns();
+        let s = sycri_native::cgroup::stats(&self.cgroups);
+        let (used, inodes) = sycri_native::util::disk_usage(&self.upper);
+        let available = match (s.memory_limit, s.memory_working_set) {
+            (Some(l), Some(w)) => Some(l.saturating_sub(w)),
+            _ => None,
+        };
+        cri::ContainerStats {
+            attributes: Some(self.attributes),
+            cpu: Some(cri::CpuUsage {
+                timestamp: ts,
+                usage_core_nano_seconds: u64v(s.cpu_usage_ns),
+                usage_nano_cores: None,
+                psi: None,
             }),
-            used_bytes: Some(cri::UInt64Value { value: used }),
-            inodes_used: Some(cri::UInt64Value { value: inodes }),
-        }),
-        swap: None,
-        io: None,
+            memory: Some(cri::MemoryUsage {
+                timestamp: ts,
+                working_set_bytes: u64v(s.memory_working_set),
+                available_bytes: u64v(available),
+                usage_bytes: u64v(s.memory_usage),
+                rss_bytes: u64v(s.memory_rss),
+                page_faults: u64v(s.page_faults),
+                major_page_faults: u64v(s.major_page_faults),
+                psi: None,
+            }),
+            writable_layer: Some(cri::FilesystemUsage {
+                timestamp: ts,
+                fs_id: Some(cri::FilesystemIdentifier {
+                    mountpoint: self.upper.to_string_lossy().into_owned(),
+                }),
+                used_bytes: Some(cri::UInt64Value { value: used }),
+                inodes_used: Some(cri::UInt64Value { value: inodes }),
+            }),
+            swap: None,
+            io: None,
+        }
     }
 }
 
@@ -221,9 +217,12 @@ impl Runtime {
     pub async fn container_stats(&self, id: &str) -> Result<cri::ContainerStats> {
         let (_, c) = Runtime::find(&self.containers, id)
             .ok_or_else(|| Error::NotFound(format!("container {id:?} not found")))?;
-        let mut c = c.lock().await;
-        c.refresh();
-        Ok(tokio::task::block_in_place(|| container_stats(&c)))
+        let source = {
+            let mut c = c.lock().await;
+            c.refresh();
+            StatsSource::of(&c)
+        };
+        blocking(move || Ok(source.read())).await
     }
 
     pub async fn list_container_stats(
@@ -231,7 +230,7 @@ impl Runtime {
         filter: Option<cri::ContainerStatsFilter>,
     ) -> Vec<cri::ContainerStats> {
         let all: Vec<_> = read_lock(&self.containers).values().cloned().collect();
-        let mut out = Vec::new();
+        let mut sources = Vec::new();
         for c in all {
             let mut c = c.lock().await;
             c.refresh();
@@ -250,9 +249,11 @@ impl Runtime {
                     continue;
                 }
             }
-            out.push(tokio::task::block_in_place(|| container_stats(&c)));
+            sources.push(StatsSource::of(&c));
         }
-        out
+        blocking(move || Ok(sources.into_iter().map(StatsSource::read).collect()))
+            .await
+            .unwrap_or_default()
     }
 
     /// A pod's usage: the sum over its containers.
@@ -357,7 +358,14 @@ mod tests {
                 .as_deref(),
             Some("kubepods/burstable/pod1")
         );
-        for bad in ["/kubepods/../../etc", "a/./b", "..", "a//b"] {
+        for bad in [
+            "/kubepods/../../etc",
+            "a/./b",
+            "..",
+            "a//b",
+            "/sycri/0123abcd",
+            "sycri",
+        ] {
             assert!(
                 matches!(cgroup_parent(&pod(bad)), Err(Error::InvalidArgument(_))),
                 "{bad}"
@@ -383,17 +391,5 @@ mod tests {
             memory_swap_limit_in_bytes: 128 << 20,
         };
         assert_eq!(to_cri(&from_cri(&r)), r);
-    }
-
-    #[test]
-    fn disk_usage_counts_files_and_directories() {
-        let d = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir(d.path().join("sub")).expect("mkdir");
-        std::fs::write(d.path().join("sub/f"), vec![1u8; 10_000]).expect("write");
-        std::fs::write(d.path().join("g"), b"x").expect("write");
-        let (bytes, inodes) = disk_usage(d.path());
-        assert_eq!(inodes, 3);
-        assert!(bytes >= 10_000, "{bytes}");
-        assert_eq!(disk_usage(&d.path().join("missing")), (0, 0));
     }
 }

@@ -84,7 +84,23 @@ impl Runtime {
             cgroups: {
                 let layout = sycri_native::cgroup::layout();
                 if let Err(e) = layout.prepare(crate::resources::CGROUP_PARENT) {
-                    tracing::warn!("cgroups: {e}; containers get no resource limits");
+                    tracing::warn!(
+                        "cgroups: {e}; CreateContainer will fail where it must make them"
+                    );
+                }
+                let missing: Vec<&str> = ["cpu", "cpuacct", "memory", "cpuset", "pids"]
+                    .into_iter()
+                    .filter(|c| {
+                        let v2 = if *c == "cpuacct" { "cpu" } else { c };
+                        !layout.v1.iter().any(|(x, _)| x == c)
+                            && !layout.v2_controllers.iter().any(|x| x == v2)
+                    })
+                    .collect();
+                if !missing.is_empty() {
+                    tracing::warn!(
+                        ?missing,
+                        "cgroup controllers missing: limits on them are refused, their usage is not reported"
+                    );
                 }
                 tracing::info!(v2 = ?layout.v2, v2_controllers = ?layout.v2_controllers, v1 = ?layout.v1, "cgroup hierarchies");
                 layout

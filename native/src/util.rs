@@ -143,3 +143,75 @@ mod tests {
         assert_eq!(leftovers.len(), 1, "no temp file left behind");
     }
 }
+
+/// Bytes (allocated blocks, as du counts them) and inodes under `dir`, for
+/// a container's writable layer. Every directory is opened relative to its
+/// already-open parent with O_NOFOLLOW, so a container that swaps one of
+/// its directories for a symlink while we walk cannot send the walk out of
+/// the layer; nor does the walk cross into other file systems. What cannot
+/// be read is not counted.
+pub fn disk_usage(dir: &Path) -> (u64, u64) {
+    use nix::dir::Dir;
+    use nix::fcntl::{AtFlags, OFlag};
+    use nix::sys::stat::{fstatat, Mode};
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let Ok(top) = Dir::open(dir, flags, Mode::empty()) else {
+        return (0, 0);
+    };
+    let Ok(top_stat) = nix::sys::stat::fstat(&top) else {
+        return (0, 0);
+    };
+    let (mut bytes, mut inodes) = (0u64, 0u64);
+    let mut stack = vec![top];
+    while let Some(mut d) = stack.pop() {
+        let names: Vec<std::ffi::CString> = d
+            .iter()
+            .flatten()
+            .map(|e| e.file_name().to_owned())
+            .filter(|n| n.to_bytes() != b"." && n.to_bytes() != b"..")
+            .collect();
+        let mut subdirs = Vec::new();
+        for name in names {
+            let Ok(st) = fstatat(&d, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            inodes += 1;
+            bytes += u64::try_from(st.st_blocks).unwrap_or(0) * 512;
+            if (st.st_mode & libc::S_IFMT) == libc::S_IFDIR && st.st_dev == top_stat.st_dev {
+                subdirs.push(name);
+            }
+        }
+        for name in subdirs {
+            if let Ok(sub) = Dir::openat(&d, name.as_c_str(), flags, Mode::empty()) {
+                stack.push(sub);
+            }
+        }
+    }
+    (bytes, inodes)
+}
+
+#[cfg(test)]
+mod disk_usage_tests {
+    use super::disk_usage;
+
+    #[test]
+    fn counts_files_and_directories_and_never_follows_links() {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(d.path().join("sub")).expect("mkdir");
+        std::fs::write(d.path().join("sub/f"), vec![1u8; 10_000]).expect("write");
+        std::fs::write(d.path().join("g"), b"x").expect("write");
+        // A link to a big directory elsewhere counts as one inode, no more.
+        let other = tempfile::tempdir().expect("tempdir");
+        std::fs::write(other.path().join("big"), vec![1u8; 100_000]).expect("write");
+        std::os::unix::fs::symlink(other.path(), d.path().join("link")).expect("symlink");
+        let (bytes, inodes) = disk_usage(d.path());
+        assert_eq!(inodes, 4);
+        assert!((10_000..100_000).contains(&bytes), "{bytes}");
+        assert_eq!(disk_usage(&d.path().join("missing")), (0, 0));
+        assert_eq!(
+            disk_usage(&d.path().join("link")),
+            (0, 0),
+            "a symlinked top is refused"
+        );
+    }
+}

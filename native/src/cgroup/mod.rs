@@ -207,8 +207,15 @@ pub fn create_all(cg: &Cgroups) -> Result<(), Failure> {
         create(dir)?;
     }
     if let Some((_, d)) = cg.v1.iter().find(|(c, _)| c == "cpuset") {
-        // Top-down: the parent group first (already filled when prepared).
-        let mut chain: Vec<&Path> = d.ancestors().take(2).collect();
+        // Top-down, every level below the hierarchy's root (a nested parent
+        // may have been made just now; sycri's own was filled when prepared).
+        let mut chain: Vec<&Path> = d
+            .ancestors()
+            .take_while(|a| {
+                a.join("cpuset.cpus").exists()
+                    && a.parent().is_some_and(|p| p.join("cpuset.cpus").exists())
+            })
+            .collect();
         chain.reverse();
         for dir in chain {
             fill_cpuset(dir)?;
@@ -475,6 +482,28 @@ mod tests {
             },
         )
         .expect_err("no cpuset");
+        assert_eq!(e.kind, FailureKind::FailedPrecondition);
+        // Without a cpu controller CPU shares (a relative weight) are let go,
+        // a quota is not.
+        let no_cpu = Cgroups {
+            v2: None,
+            v1: cg
+                .v1
+                .iter()
+                .filter(|(c, _)| c == "memory")
+                .cloned()
+                .collect(),
+        };
+        let shares = Resources {
+            cpu_shares: 512,
+            ..Default::default()
+        };
+        apply(&no_cpu, &shares).expect("shares alone are soft");
+        let quota = Resources {
+            cpu_quota: 50_000,
+            ..Default::default()
+        };
+        let e = apply(&no_cpu, &quota).expect_err("a quota needs the controller");
         assert_eq!(e.kind, FailureKind::FailedPrecondition);
         assert_eq!(
             std::fs::read_to_string(d.path().join("memory/memory.limit_in_bytes"))

@@ -106,7 +106,9 @@ pub fn validate(r: &Resources) -> Result<(), Failure> {
 }
 
 /// Writes the limits into the container's cgroups. Limits for a controller
-/// the host has in no hierarchy are refused rather than silently dropped.
+/// the host has in no hierarchy are refused rather than silently dropped,
+/// except CPU shares: a relative weight that the kubelet sends with every
+/// container, which without a cpu controller has nothing to weigh against.
 pub fn apply(cg: &Cgroups, r: &Resources) -> Result<(), Failure> {
     validate(r)?;
     let need = |controller: &str| -> Result<(&Path, bool), Failure> {
@@ -120,19 +122,33 @@ pub fn apply(cg: &Cgroups, r: &Resources) -> Result<(), Failure> {
             })
     };
 
-    if r.cpu_quota != 0 || r.cpu_period != 0 || r.cpu_shares != 0 {
-        let (dir, v2) = need("cpu")?;
+    let hard_cpu = r.cpu_quota != 0 || r.cpu_period != 0;
+    let cpu = if hard_cpu {
+        Some(need("cpu")?)
+    } else if r.cpu_shares != 0 {
+        need("cpu").ok()
+    } else {
+        None
+    };
+    if let Some((dir, v2)) = cpu {
         if v2 {
             if r.cpu_quota != 0 || r.cpu_period != 0 {
+                // cpu.max holds both; a zero keeps the one in force, as on v1.
+                let current = std::fs::read_to_string(dir.join("cpu.max")).unwrap_or_default();
+                let mut now = current.split_whitespace();
+                let (now_quota, now_period) = (
+                    now.next().unwrap_or("max").to_string(),
+                    now.next().unwrap_or("100000").to_string(),
+                );
                 let period = if r.cpu_period > 0 {
-                    r.cpu_period
+                    r.cpu_period.to_string()
                 } else {
-                    100_000
+                    now_period
                 };
-                let quota = if r.cpu_quota > 0 {
-                    r.cpu_quota.to_string()
-                } else {
-                    "max".to_string()
+                let quota = match r.cpu_quota {
+                    q if q > 0 => q.to_string(),
+                    0 => now_quota,
+                    _ => "max".to_string(),
                 };
                 write_file(&dir.join("cpu.max"), &format!("{quota} {period}"))?;
             }
