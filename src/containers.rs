@@ -626,6 +626,43 @@ impl Runtime {
                 },
             });
         }
+        // Devices (device plugins, GPUs): the host's node bound in, which
+        // keeps working on the nodev /dev; "r" without "w" binds read-only.
+        for d in &config.devices {
+            let dest = Path::new(&d.container_path);
+            if !dest.is_absolute() {
+                return Err(Error::InvalidArgument(format!(
+                    "device path {:?} in the container is not absolute",
+                    d.container_path
+                )));
+            }
+            let is_device = std::fs::metadata(&d.host_path).map(|m| {
+                use std::os::unix::fs::FileTypeExt;
+                m.file_type().is_char_device() || m.file_type().is_block_device()
+            });
+            match is_device {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "{} is not a device",
+                        d.host_path
+                    )))
+                }
+                Err(_) => {
+                    return Err(Error::NotFound(format!(
+                        "device {} does not exist",
+                        d.host_path
+                    )))
+                }
+            }
+            targets.insert(dest.to_path_buf());
+            mounts.push(BindMount {
+                source: PathBuf::from(&d.host_path),
+                destination: dest.to_path_buf(),
+                readonly: !d.permissions.is_empty() && !d.permissions.contains('w'),
+                propagation: Propagation::Private,
+            });
+        }
         for name in ["hostname", "hosts", "resolv.conf"] {
             let dest = PathBuf::from("/etc").join(name);
             if !targets.contains(&dest) {
@@ -717,6 +754,10 @@ impl Runtime {
                 stdin: config.stdin,
                 stdin_once: config.stdin_once,
                 seccomp,
+                oom_score_adj: linux
+                    .resources
+                    .as_ref()
+                    .map(|r| i32::try_from(r.oom_score_adj.clamp(-1000, 1000)).unwrap_or_default()),
             },
             log_path: log_path.clone(),
             control_socket: control_socket.clone(),

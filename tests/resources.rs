@@ -333,3 +333,49 @@ async fn out_of_memory_is_oomkilled() {
     }
     assert_no_leaks(s.dir.path(), &[]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oom_score_adj_is_applied() {
+    if !is_root() {
+        eprintln!("SKIPPED oom_score_adj_is_applied: needs root");
+        return;
+    }
+    let Some(sif) = busybox_sif("oom_score_adj_is_applied") else {
+        return;
+    };
+    let mut s = Server::start().await;
+    let image = s.pull(&sif).await;
+    let pod_cfg = pod_config("oomadj", &s.log_dir());
+    let pod = run_pod(&mut s.rt, pod_cfg.clone()).await;
+    let cfg = with_resources(
+        container_config(
+            "adj",
+            &image,
+            &["sh", "-c", "cat /proc/self/oom_score_adj; sleep 1000"],
+        ),
+        cri::LinuxContainerResources {
+            oom_score_adj: 734,
+            ..Default::default()
+        },
+    );
+    let id = create(&mut s.rt, &pod, &pod_cfg, cfg)
+        .await
+        .expect("create");
+    start(&mut s.rt, &id).await.expect("start");
+    let lines = wait_log_line(&s.log_dir().join("adj.log"), "734").await;
+    assert!(lines.iter().any(|(_, l)| l == "734"), "{lines:?}");
+    // A process exec'd into the container gets it too.
+    let out =
+        s.rt.exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["cat".into(), "/proc/self/oom_score_adj".into()],
+            timeout: 10,
+        })
+        .await
+        .expect("exec")
+        .into_inner();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "734");
+    stop_pod(&mut s.rt, &pod).await.expect("stop pod");
+    remove_pod(&mut s.rt, &pod).await.expect("remove pod");
+    assert_no_leaks(s.dir.path(), &[]);
+}

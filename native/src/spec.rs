@@ -73,6 +73,10 @@ pub struct ProcessSpec {
     /// execve.
     #[serde(default)]
     pub seccomp: Option<crate::seccomp::Filter>,
+    /// Written to /proc/self/oom_score_adj before the privileges go; None
+    /// keeps what the process inherited.
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]

@@ -204,6 +204,27 @@ fn cstrings<'a>(it: impl Iterator<Item = &'a [u8]>) -> Result<Vec<CString>> {
     .collect()
 }
 
+/// Sets the OOM killer's bias for this process (and what it execs). Lowering
+/// it below the inherited value needs CAP_SYS_RESOURCE; without it the
+/// inherited value stays, as containerd's restrict_oom_score_adj does.
+fn set_oom_score_adj(adj: i32) -> Result<()> {
+    if !(-1000..=1000).contains(&adj) {
+        return Err(Failure::new(
+            FailureKind::InvalidArgument,
+            format!("oom_score_adj {adj} is outside -1000..1000"),
+        ));
+    }
+    match std::fs::write("/proc/self/oom_score_adj", adj.to_string()) {
+        Ok(()) => Ok(()),
+        Err(e)
+            if e.raw_os_error() == Some(libc::EACCES) || e.raw_os_error() == Some(libc::EPERM) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(internal("write oom_score_adj", e)),
+    }
+}
+
 /// A process ready to exec: everything done but the last step.
 pub struct Prepared {
     exe: CString,
@@ -229,6 +250,9 @@ pub fn prepare_exec(spec: &ContainerSpec) -> Result<Prepared> {
     let exe = cstrings(std::iter::once(exe_path.as_os_str().as_bytes()))?
         .pop()
         .ok_or_else(|| internal("exec", "empty path"))?;
+    if let Some(adj) = p.oom_score_adj {
+        set_oom_score_adj(adj)?;
+    }
     // A filter needs no_new_privs or CAP_SYS_ADMIN to install: without the
     // first, it goes on while we are still root with every capability (and
     // then also judges the privilege drop); with it, as late as possible.

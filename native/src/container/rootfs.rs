@@ -168,6 +168,16 @@ fn mount_proc_sys(spec: &ContainerSpec, root: &Path) -> Result<()> {
             MsFlags::MS_REMOUNT | MsFlags::MS_BIND | common | ro,
             None,
         )?;
+        // A copy of the host's mounts: it may receive from the host, never
+        // send to it (the host's mounts are still shared here when the
+        // container has a BIDIRECTIONAL mount).
+        do_mount(
+            None,
+            &sys_dir,
+            None,
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            None,
+        )?;
     }
     Ok(())
 }
@@ -183,25 +193,53 @@ const DEVICES: &[(&str, u64, u64)] = &[
 
 fn mount_dev(spec: &ContainerSpec, root: &Path) -> Result<()> {
     let dev = mkdir_in(root, "/dev")?;
+    // nodev: a device node the container makes here (it holds CAP_MKNOD by
+    // default) cannot be opened, so it cannot reach the host's disks; the
+    // standard devices are bind mounts of the host's nodes, each a mount of
+    // its own that keeps working.
     do_mount(
         Some(Path::new("tmpfs")),
         &dev,
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
         Some("mode=755,size=65536k"),
     )?;
     for (name, major, minor) in DEVICES {
         let p = dev.join(name);
-        mknod(
-            &p,
-            SFlag::S_IFCHR,
-            Mode::from_bits_truncate(0o666),
-            makedev(*major, *minor),
-        )
-        .map_err(|e| internal(&format!("mknod {}", p.display()), e))?;
-        // mknod honours the umask; set the mode explicitly.
-        fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o666))
-            .map_err(|e| internal("chmod device", e))?;
+        fs::File::create(&p).map_err(|e| internal(&format!("create {}", p.display()), e))?;
+        let host = Path::new("/dev").join(name);
+        let is_device = fs::metadata(&host).is_ok_and(|m| {
+            use std::os::unix::fs::{FileTypeExt, MetadataExt};
+            m.file_type().is_char_device() && m.rdev() == makedev(*major, *minor)
+        });
+        if is_device {
+            do_mount(Some(&host), &p, None, MsFlags::MS_BIND, None)?;
+        } else {
+            // The host's /dev lacks it: a node on a nodev tmpfs of its own.
+            let holder = dev.join(format!(".{name}"));
+            fs::create_dir(&holder).map_err(|e| internal("mkdir device holder", e))?;
+            do_mount(
+                Some(Path::new("tmpfs")),
+                &holder,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID,
+                Some("mode=755,size=4k"),
+            )?;
+            let node = holder.join(name);
+            mknod(
+                &node,
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o666),
+                makedev(*major, *minor),
+            )
+            .map_err(|e| internal(&format!("mknod {}", node.display()), e))?;
+            fs::set_permissions(&node, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+                .map_err(|e| internal("chmod device", e))?;
+            do_mount(Some(&node), &p, None, MsFlags::MS_BIND, None)?;
+            umount2(&holder, MntFlags::MNT_DETACH)
+                .map_err(|e| internal("detach device holder", e))?;
+            let _ = fs::remove_dir(&holder);
+        }
     }
     for (link, target) in [
         ("fd", "/proc/self/fd"),
@@ -225,13 +263,18 @@ fn mount_dev(spec: &ContainerSpec, root: &Path) -> Result<()> {
     let shm = dev.join("shm");
     fs::create_dir(&shm).map_err(|e| internal("mkdir /dev/shm", e))?;
     match &spec.shm {
-        Some(src) => do_mount(
-            Some(src),
-            &shm,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None,
-        )?,
+        Some(src) => {
+            do_mount(
+                Some(src),
+                &shm,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
+            // The pod's shm, shared with its other containers, but nothing
+            // mounted on it here reaches them or the host.
+            do_mount(None, &shm, None, MsFlags::MS_SLAVE | MsFlags::MS_REC, None)?
+        }
         None => {
             let size = spec.shm_size.unwrap_or(64 << 20);
             do_mount(
@@ -252,6 +295,10 @@ fn mount_dev(spec: &ContainerSpec, root: &Path) -> Result<()> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
     )?;
+    // The device binds are copies of the host's /dev mount: with the host's
+    // mounts still shared (a BIDIRECTIONAL volume), a mount over one of
+    // them must not land on the host's /dev.
+    do_mount(None, &dev, None, MsFlags::MS_SLAVE | MsFlags::MS_REC, None)?;
     Ok(())
 }
 
