@@ -46,13 +46,7 @@ async fn propagation_modes() {
     };
     let mut s = Server::start().await;
     let image = s.pull(&sif).await;
-    let mut pod_cfg = pod_config("prop", &s.log_dir());
-    pod_cfg
-        .linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
-        .privileged = true;
+    let pod_cfg = privileged_pod_config("prop", &s.log_dir());
     let pod = run_pod(&mut s.rt, pod_cfg.clone()).await;
 
     let modes = [

@@ -51,23 +51,37 @@ async fn stats(rt: &mut Rt, id: &str) -> cri::ContainerStats {
     .expect("stats")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn limits_updates_and_usage() {
+/// A server with the busybox image and a pod, or None (and why) when this
+/// host cannot run the test.
+async fn setup(
+    test: &str,
+    pod_cfg: impl FnOnce(&Server) -> cri::PodSandboxConfig,
+) -> Option<(Server, String, cri::PodSandboxConfig, String)> {
     if !is_root() {
-        eprintln!("SKIPPED limits_updates_and_usage: needs root");
-        return;
+        eprintln!("SKIPPED {test}: needs root");
+        return None;
     }
     if !has_memory_controller() {
-        eprintln!("SKIPPED limits_updates_and_usage: this host has no memory cgroup controller");
-        return;
+        eprintln!("SKIPPED {test}: this host has no memory cgroup controller");
+        return None;
     }
-    let Some(sif) = busybox_sif("limits_updates_and_usage") else {
-        return;
-    };
+    let sif = busybox_sif(test)?;
     let mut s = Server::start().await;
     let image = s.pull(&sif).await;
-    let pod_cfg = pod_config("res", &s.log_dir());
-    let pod = run_pod(&mut s.rt, pod_cfg.clone()).await;
+    let cfg = pod_cfg(&s);
+    let pod = run_pod(&mut s.rt, cfg.clone()).await;
+    Some((s, image, cfg, pod))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_updates_and_usage() {
+    let Some((mut s, image, pod_cfg, pod)) = setup("limits_updates_and_usage", |s| {
+        pod_config("res", &s.log_dir())
+    })
+    .await
+    else {
+        return;
+    };
 
     let mut cfg = with_resources(
         container_config(
@@ -273,27 +287,17 @@ async fn limits_updates_and_usage() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn out_of_memory_is_oomkilled() {
-    if !is_root() {
-        eprintln!("SKIPPED out_of_memory_is_oomkilled: needs root");
-        return;
-    }
-    if !has_memory_controller() {
-        eprintln!("SKIPPED out_of_memory_is_oomkilled: this host has no memory cgroup controller");
-        return;
-    }
-    let Some(sif) = busybox_sif("out_of_memory_is_oomkilled") else {
-        return;
-    };
-    let mut s = Server::start().await;
-    let image = s.pull(&sif).await;
-    let mut pod_cfg = pod_config("oom", &s.log_dir());
     // A pod cgroup parent of its own, as the kubelet gives one.
     let parent = format!("sycri-test-{}", std::process::id());
-    pod_cfg
-        .linux
-        .get_or_insert_with(Default::default)
-        .cgroup_parent = format!("/{parent}");
-    let pod = run_pod(&mut s.rt, pod_cfg.clone()).await;
+    let Some((mut s, image, pod_cfg, pod)) = setup("out_of_memory_is_oomkilled", |s| {
+        let mut c = pod_config("oom", &s.log_dir());
+        c.linux.get_or_insert_with(Default::default).cgroup_parent = format!("/{parent}");
+        c
+    })
+    .await
+    else {
+        return;
+    };
     let cfg = with_resources(
         // tail keeps a line it never finds the end of: memory grows until
         // the limit.
@@ -336,17 +340,13 @@ async fn out_of_memory_is_oomkilled() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn oom_score_adj_is_applied() {
-    if !is_root() {
-        eprintln!("SKIPPED oom_score_adj_is_applied: needs root");
-        return;
-    }
-    let Some(sif) = busybox_sif("oom_score_adj_is_applied") else {
+    let Some((mut s, image, pod_cfg, pod)) = setup("oom_score_adj_is_applied", |s| {
+        pod_config("oomadj", &s.log_dir())
+    })
+    .await
+    else {
         return;
     };
-    let mut s = Server::start().await;
-    let image = s.pull(&sif).await;
-    let pod_cfg = pod_config("oomadj", &s.log_dir());
-    let pod = run_pod(&mut s.rt, pod_cfg.clone()).await;
     let cfg = with_resources(
         container_config(
             "adj",

@@ -52,14 +52,8 @@ async fn profiles_are_applied() {
     .expect("write profile");
     let local = block_chmod.to_string_lossy().into_owned();
 
-    let mut pod_cfg = pod_config("sec", &s.log_dir());
     // Privileged containers need a privileged pod.
-    pod_cfg
-        .linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
-        .privileged = true;
+    let pod_cfg = privileged_pod_config("sec", &s.log_dir());
     let pod = run_pod(&mut s.rt, pod_cfg.clone()).await;
 
     // (name, profile, privileged, Seccomp: mode, chmod result)

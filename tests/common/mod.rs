@@ -412,6 +412,17 @@ pub fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
     }
 }
 
+/// A pod whose containers may be privileged.
+pub fn privileged_pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
+    let mut c = pod_config(name, log_dir);
+    c.linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .privileged = true;
+    c
+}
+
 pub fn container_config(name: &str, image: &str, command: &[&str]) -> cri::ContainerConfig {
     cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
