@@ -614,16 +614,20 @@ impl Runtime {
                     m.host_path
                 )));
             }
+            let propagation = match cri::MountPropagation::try_from(m.propagation) {
+                Ok(cri::MountPropagation::PropagationHostToContainer) => Propagation::Slave,
+                Ok(cri::MountPropagation::PropagationBidirectional) => Propagation::Shared,
+                _ => Propagation::Private,
+            };
+            if propagation != Propagation::Private {
+                check_propagation(&source, propagation)?;
+            }
             targets.insert(PathBuf::from(&m.container_path));
             mounts.push(BindMount {
                 source,
                 destination: PathBuf::from(&m.container_path),
                 readonly: m.readonly,
-                propagation: match cri::MountPropagation::try_from(m.propagation) {
-                    Ok(cri::MountPropagation::PropagationHostToContainer) => Propagation::Slave,
-                    Ok(cri::MountPropagation::PropagationBidirectional) => Propagation::Shared,
-                    _ => Propagation::Private,
-                },
+                propagation,
             });
         }
         // Devices (device plugins, GPUs): the host's node bound in, which
@@ -1033,6 +1037,37 @@ impl Runtime {
             )));
         }
         Runtime::monitor_request(&c.rec.control_socket, &Request::ReopenLog).await
+    }
+}
+
+/// A mount that is to receive the host's mounts must sit on a shared or
+/// slave mount, and one that is to send them back on a shared one; else the
+/// propagation asked for could not happen, and the container would quietly
+/// see an island. (The kubelet makes its volume directories shared.)
+fn check_propagation(source: &Path, want: Propagation) -> Result<()> {
+    let real = std::fs::canonicalize(source)
+        .map_err(|e| Error::io(format!("resolve mount source {}", source.display()), e))?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Error::io("read /proc/self/mountinfo", e))?;
+    let (shared, slave) =
+        sycri_native::mounts::propagation_of(&info, &real).unwrap_or((false, false));
+    let ok = match want {
+        Propagation::Shared => shared,
+        Propagation::Slave => shared || slave,
+        Propagation::Private => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::FailedPrecondition(format!(
+            "mount source {} is not on a {} mount, so the propagation asked for cannot happen",
+            source.display(),
+            if want == Propagation::Shared {
+                "shared"
+            } else {
+                "shared or slave"
+            }
+        )))
     }
 }
 

@@ -49,6 +49,43 @@ async fn propagation_modes() {
     let pod_cfg = privileged_pod_config("prop", &s.log_dir());
     let pod = run_pod(&mut s.rt, pod_cfg.clone()).await;
 
+    // A volume on a private mount cannot propagate anything: asking for it
+    // is refused rather than answered with an island.
+    let island = s.dir.path().join("vol-island");
+    std::fs::create_dir_all(&island).expect("mkdir");
+    mount(
+        Some(&island),
+        &island,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .expect("bind");
+    mount(
+        None::<&str>,
+        &island,
+        None::<&str>,
+        MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .expect("private");
+    for mode in [
+        cri::MountPropagation::PropagationBidirectional,
+        cri::MountPropagation::PropagationHostToContainer,
+    ] {
+        let mut cfg = container_config("island", &image, &["true"]);
+        let mut m = bind(&island, "/data");
+        m.propagation = mode as i32;
+        cfg.mounts = vec![m];
+        let r = create(&mut s.rt, &pod, &pod_cfg, cfg).await;
+        assert_eq!(
+            r.map_err(|e| e.code()).err(),
+            Some(tonic::Code::FailedPrecondition),
+            "{mode:?} on a private mount"
+        );
+    }
+    detach(&island);
+
     let modes = [
         (
             "private",

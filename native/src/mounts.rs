@@ -150,6 +150,33 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
         .collect()
 }
 
+/// How the mount that holds `path` propagates: (shared, slave). `path` must
+/// be canonical (no symlinks); None when no mount holds it.
+pub fn propagation_of(mountinfo: &str, path: &Path) -> Option<(bool, bool)> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, _) = line.split_once(" - ")?;
+            let fields: Vec<&str> = left.split(' ').collect();
+            let mount_point = PathBuf::from(unescape(fields.get(4)?));
+            if !path.starts_with(&mount_point) {
+                return None;
+            }
+            // Optional fields follow the mount options (index 5).
+            let optional = fields.get(6..).unwrap_or(&[]);
+            let shared = optional.iter().any(|f| f.starts_with("shared:"));
+            let slave = optional.iter().any(|f| f.starts_with("master:"));
+            Some((mount_point.components().count(), (shared, slave)))
+        })
+        // The deepest mount point wins; among mounts stacked on the same
+        // point, the last (topmost) one.
+        .fold(None, |best: Option<(usize, (bool, bool))>, m| match best {
+            Some(b) if b.0 > m.0 => Some(b),
+            _ => Some(m),
+        })
+        .map(|(_, p)| p)
+}
+
 /// The mounts of the calling process's mount namespace.
 pub fn mountinfo() -> Result<Vec<MountEntry>, MountError> {
     Ok(parse_mountinfo(&std::fs::read_to_string(
@@ -188,5 +215,43 @@ mod tests {
         assert_eq!(m[1].mount_point, PathBuf::from("/var/lib/with space"));
         assert_eq!(m[1].fs_type, "squashfs");
         assert_eq!(m[1].source, "/dev/loop0");
+    }
+}
+
+#[cfg(test)]
+mod propagation_tests {
+    use super::propagation_of;
+    use std::path::Path;
+
+    const INFO: &str = "\
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+40 27 254:0 /v /tmp/vol rw,relatime shared:7 - ext4 /dev/vda rw
+41 40 0:50 / /tmp/vol/sub rw,relatime master:7 - tmpfs t rw
+42 27 254:0 /w /tmp/vol\\040two rw,relatime shared:9 master:3 - ext4 /dev/vda rw
+";
+
+    #[test]
+    fn the_deepest_mount_decides() {
+        assert_eq!(
+            propagation_of(INFO, Path::new("/etc")),
+            Some((false, false))
+        );
+        assert_eq!(
+            propagation_of(INFO, Path::new("/tmp/vol/a")),
+            Some((true, false))
+        );
+        assert_eq!(
+            propagation_of(INFO, Path::new("/tmp/vol/sub/b")),
+            Some((false, true))
+        );
+        assert_eq!(
+            propagation_of(INFO, Path::new("/tmp/vol two/x")),
+            Some((true, true))
+        );
+        assert_eq!(
+            propagation_of(INFO, Path::new("/tmp/volume")),
+            Some((false, false))
+        );
+        assert_eq!(propagation_of("", Path::new("/x")), None);
     }
 }
