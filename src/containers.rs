@@ -991,22 +991,11 @@ impl Runtime {
             c.refresh();
             let s = c.status();
             if let Some(f) = &filter {
-                if !f.id.is_empty() && !s.id.starts_with(&f.id) {
-                    continue;
-                }
-                if !f.pod_sandbox_id.is_empty() && !c.rec.pod_id.starts_with(&f.pod_sandbox_id) {
-                    continue;
-                }
-                if let Some(st) = &f.state {
-                    if st.state != s.state {
-                        continue;
-                    }
-                }
-                if !f
-                    .label_selector
-                    .iter()
-                    .all(|(k, v)| s.labels.get(k) == Some(v))
-                {
+                let selected = crate::runtime::id_selected(&s.id, &f.id)
+                    && crate::runtime::id_selected(&c.rec.pod_id, &f.pod_sandbox_id)
+                    && f.state.as_ref().is_none_or(|st| st.state == s.state)
+                    && crate::runtime::labels_selected(&s.labels, &f.label_selector);
+                if !selected {
                     continue;
                 }
             }

@@ -6,10 +6,9 @@
 
 use crate::containers::State;
 use crate::error::{Error, Result};
-use crate::helpers::{self_exe, EXEC_ARG};
+use crate::helpers::{kill_group, read_bounded, self_exe, EXEC_ARG};
 use crate::images::random_hex;
 use crate::runtime::Runtime;
-use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -45,21 +44,6 @@ pub struct ExecOutput {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub exit_code: i32,
-}
-
-fn read_bounded(mut r: impl Read) -> Vec<u8> {
-    let mut kept = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        match r.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let room = MAX_OUTPUT.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-        }
-    }
-    kept
 }
 
 impl Runtime {
@@ -185,16 +169,19 @@ impl Runtime {
         let out = child.stdout.take();
         let err = child.stderr.take();
         drop(child);
-        let out = tokio::task::spawn_blocking(move || out.map(read_bounded).unwrap_or_default());
-        let err = tokio::task::spawn_blocking(move || err.map(read_bounded).unwrap_or_default());
+        let out = tokio::task::spawn_blocking(move || {
+            out.map(|r| read_bounded(r, MAX_OUTPUT)).unwrap_or_default()
+        });
+        let err = tokio::task::spawn_blocking(move || {
+            err.map(|r| read_bounded(r, MAX_OUTPUT)).unwrap_or_default()
+        });
         let wait = self.reaper.wait(pid);
         let code = if timeout > 0 {
             match tokio::time::timeout(Duration::from_secs(timeout.unsigned_abs()), wait).await {
                 Ok(code) => code,
                 Err(_) => {
                     // The whole process group: the helper and the command it runs.
-                    // SAFETY: kill(2) with integer arguments.
-                    unsafe { libc::kill(-pid, libc::SIGKILL) };
+                    kill_group(pid);
                     self.reaper.wait(pid).await;
                     return Err(Error::DeadlineExceeded(format!(
                         "command timed out after {timeout}s"
@@ -205,8 +192,7 @@ impl Runtime {
             wait.await
         };
         // The command may have left children holding the pipes; end them.
-        // SAFETY: kill(2) with integer arguments.
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        kill_group(pid);
         let stdout = out.await.map_err(|e| Error::Internal(e.to_string()))?;
         let stderr = err.await.map_err(|e| Error::Internal(e.to_string()))?;
         Ok(ExecOutput {

@@ -17,6 +17,34 @@ use tokio::sync::oneshot;
 
 pub use sycri_native::{EXEC_ARG, MONITOR_ARG, PORTFORWARD_ARG, SANDBOX_ARG};
 
+/// Reads `r` to its end and keeps at most `max` bytes: a child's output must
+/// be drained (or it blocks on a full pipe) but not held without bound.
+pub fn read_bounded(mut r: impl Read, max: usize) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = max.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+    kept
+}
+
+/// SIGKILL to the process group `pgid` (children started with
+/// `process_group(0)` lead their own), so that nothing a helper or plugin
+/// started outlives it or keeps its pipes open.
+pub fn kill_group(pgid: i32) {
+    if pgid > 0 {
+        // SAFETY: kill(2) with integer arguments only; a negative pid names
+        // the group, and pgid > 0 rules out kill(0) and kill(-1).
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    }
+}
+
 /// Exit of a child: the code, or 128 + signal.
 pub type ExitCode = i32;
 

@@ -466,19 +466,10 @@ impl Runtime {
             let p = p.lock().await;
             let s = p.status();
             if let Some(f) = &filter {
-                if !f.id.is_empty() && !s.id.starts_with(&f.id) {
-                    continue;
-                }
-                if let Some(st) = &f.state {
-                    if st.state != s.state {
-                        continue;
-                    }
-                }
-                if !f
-                    .label_selector
-                    .iter()
-                    .all(|(k, v)| s.labels.get(k) == Some(v))
-                {
+                let selected = crate::runtime::id_selected(&s.id, &f.id)
+                    && f.state.as_ref().is_none_or(|st| st.state == s.state)
+                    && crate::runtime::labels_selected(&s.labels, &f.label_selector);
+                if !selected {
                     continue;
                 }
             }

@@ -6,7 +6,7 @@ use crate::containers::{Container, State};
 use crate::error::{Error, Result};
 use crate::pods::Pod;
 use crate::proto::cri;
-use crate::runtime::{blocking, read_lock, Runtime};
+use crate::runtime::{blocking, id_selected, labels_selected, read_lock, Runtime};
 use sycri_native::cgroup::{Cgroups, Resources};
 use sycri_native::util::now_ns;
 
@@ -234,20 +234,13 @@ impl Runtime {
         for c in all {
             let mut c = c.lock().await;
             c.refresh();
-            if let Some(f) = &filter {
-                if !f.id.is_empty() && !c.rec.id.starts_with(&f.id) {
-                    continue;
-                }
-                if !f.pod_sandbox_id.is_empty() && !c.rec.pod_id.starts_with(&f.pod_sandbox_id) {
-                    continue;
-                }
-                if !f
-                    .label_selector
-                    .iter()
-                    .all(|(k, v)| c.config.labels.get(k) == Some(v))
-                {
-                    continue;
-                }
+            let selected = filter.as_ref().is_none_or(|f| {
+                id_selected(&c.rec.id, &f.id)
+                    && id_selected(&c.rec.pod_id, &f.pod_sandbox_id)
+                    && labels_selected(&c.config.labels, &f.label_selector)
+            });
+            if !selected {
+                continue;
             }
             sources.push(StatsSource::of(&c));
         }
@@ -320,17 +313,12 @@ impl Runtime {
         let mut out = Vec::new();
         for p in all {
             let pod = p.lock().await;
-            if let Some(f) = &filter {
-                if !f.id.is_empty() && !pod.rec.id.starts_with(&f.id) {
-                    continue;
-                }
-                if !f
-                    .label_selector
-                    .iter()
-                    .all(|(k, v)| pod.config.labels.get(k) == Some(v))
-                {
-                    continue;
-                }
+            let selected = filter.as_ref().is_none_or(|f| {
+                id_selected(&pod.rec.id, &f.id)
+                    && labels_selected(&pod.config.labels, &f.label_selector)
+            });
+            if !selected {
+                continue;
             }
             out.push(self.pod_stats(&pod).await);
         }

@@ -36,6 +36,19 @@ pub struct Runtime {
     pub streaming: std::sync::OnceLock<Arc<crate::streaming::Streaming>>,
 }
 
+/// The CRI list filters' rules: an id given as a prefix ("" = any) ...
+pub fn id_selected(id: &str, wanted: &str) -> bool {
+    wanted.is_empty() || id.starts_with(wanted)
+}
+
+/// ... and a label selector whose every pair must be on the object.
+pub fn labels_selected(
+    labels: &HashMap<String, String>,
+    selector: &HashMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
 pub(crate) fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|p| p.into_inner())
 }

@@ -8,9 +8,9 @@
 //! by itself; the server never does.
 
 use super::CniError;
-use crate::helpers::Reaper;
+use crate::helpers::{kill_group, read_bounded, Reaper};
 use serde_json::Value;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -33,21 +33,6 @@ pub struct Call<'a> {
     /// The plugin directories (CNI_PATH).
     pub path: &'a [PathBuf],
     pub timeout: Duration,
-}
-
-fn read_bounded(mut r: impl Read, max: usize) -> Vec<u8> {
-    let mut kept = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        match r.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let room = max.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-        }
-    }
-    kept
 }
 
 /// Runs `binary` for `call` with `config` on stdin; its stdout on success.
@@ -105,8 +90,7 @@ pub async fn run(
     let code = match tokio::time::timeout(call.timeout, reaper.wait(pid)).await {
         Ok(code) => code,
         Err(_) => {
-            // SAFETY: kill(2) with integer arguments, on the plugin's own group.
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            kill_group(pid);
             reaper.wait(pid).await;
             return Err(CniError::Timeout {
                 plugin,
@@ -115,6 +99,8 @@ pub async fn run(
             });
         }
     };
+    // A tool the plugin left running could hold its pipes open for ever.
+    kill_group(pid);
     let _ = writer.await;
     let join = |e: tokio::task::JoinError| CniError::Io {
         context: format!("read CNI plugin {plugin}"),

@@ -31,10 +31,7 @@ fn pump_out(fd: Arc<Fd>, s: &Session, ch: u8) -> JoinHandle<()> {
     })
 }
 
-fn kill_group(pid: i32) {
-    // SAFETY: kill(2) with integer arguments: the helper's process group.
-    unsafe { libc::kill(-pid, libc::SIGKILL) };
-}
+use crate::helpers::kill_group;
 
 fn wrap(fd: Option<OwnedFd>) -> Option<Arc<Fd>> {
     fd.and_then(|f| match Fd::new(f) {
