@@ -413,6 +413,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
 ) -> Result<(), SpdyError> {
     let mut codec = HeaderCodec::default();
     let mut streams: HashMap<u32, Open> = HashMap::new();
+    let mut last_id = 0u32;
     let mut payload = Vec::new();
     loop {
         let mut head = [0u8; 8];
@@ -444,7 +445,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
             }
             if flags & FLAG_FIN != 0 {
-                open.tx = None;
+                // The peer sends no more on it: forget it, so that a
+                // long-lived connection (kubectl port-forward opens two
+                // streams per TCP connection) never fills the table.
+                streams.remove(&id);
             }
             continue;
         }
@@ -466,15 +470,18 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     .ok_or_else(|| SpdyError::Protocol("short SYN_STREAM".into()))?;
                 // Always decode: the zlib stream must see every block.
                 let headers = codec.decode(block)?;
-                if id == 0 || streams.contains_key(&id) || streams.len() >= MAX_STREAMS {
+                // Stream ids only ever grow (SPDY/3.1 section 2.3.2): a
+                // smaller or repeated one is refused even after its stream
+                // was forgotten.
+                if id <= last_id || streams.len() >= MAX_STREAMS {
                     w.reset(id, RST_PROTOCOL_ERROR).await;
                     continue;
                 }
+                last_id = id;
                 let (tx, rx) = mpsc::channel(16);
-                let open = Open {
-                    tx: (flags & FLAG_FIN == 0).then_some(tx),
-                };
-                streams.insert(id, open);
+                if flags & FLAG_FIN == 0 {
+                    streams.insert(id, Open { tx: Some(tx) });
+                }
                 // Accept at once: the Go client waits for the reply before it
                 // opens the next stream.
                 if w.tx.send(Out::Reply(id)).await.is_err() {
