@@ -720,6 +720,18 @@ impl Runtime {
             })
             .await?;
         }
+        // Out of range is the request's mistake; said, not clamped.
+        let resources_oom_adj = match linux.resources.as_ref().map(|r| r.oom_score_adj) {
+            None => None,
+            Some(v) => Some(
+                i32::try_from(v)
+                    .ok()
+                    .filter(|v| (-1000..=1000).contains(v))
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(format!("oom_score_adj {v} is outside -1000..1000"))
+                    })?,
+            ),
+        };
         let cgroup = cgroups.v2.clone();
         let caps = if privileged {
             Vec::new()
@@ -758,10 +770,7 @@ impl Runtime {
                 stdin: config.stdin,
                 stdin_once: config.stdin_once,
                 seccomp,
-                oom_score_adj: linux
-                    .resources
-                    .as_ref()
-                    .map(|r| i32::try_from(r.oom_score_adj.clamp(-1000, 1000)).unwrap_or_default()),
+                oom_score_adj: resources_oom_adj,
             },
             log_path: log_path.clone(),
             control_socket: control_socket.clone(),

@@ -160,7 +160,8 @@ async fn propagation_modes() {
             None::<&str>,
         )
         .expect("host mount");
-        let (_, seen) = exec(&mut s.rt, &id, &["ls", "/data/from-host"]).await;
+        let (code, seen) = exec(&mut s.rt, &id, &["ls", "/data/from-host"]).await;
+        assert_eq!(code, 0, "{name}: ls in the container: {seen}");
         assert_eq!(
             seen.contains("flag"),
             host_to_ctr,

@@ -24,18 +24,6 @@ fn internal(what: &str, e: impl std::fmt::Display) -> Failure {
     Failure::new(FailureKind::Internal, format!("{what}: {e}"))
 }
 
-/// Where the cgroup v2 hierarchy is mounted, if it is.
-pub fn v2_root() -> Option<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mounts = crate::mounts::parse_mountinfo(&info);
-    // Prefer the canonical place on a pure v2 host.
-    mounts
-        .iter()
-        .filter(|m| m.fs_type == "cgroup2")
-        .min_by_key(|m| m.mount_point.components().count())
-        .map(|m| m.mount_point.clone())
-}
-
 /// Controllers sycri limits or reads, by their v1 names (cpuacct is part of
 /// cpu on v2).
 pub const CONTROLLERS: [&str; 6] = ["cpu", "cpuacct", "cpuset", "memory", "pids", "hugetlb"];
