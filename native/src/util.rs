@@ -162,28 +162,40 @@ pub fn disk_usage(dir: &Path) -> (u64, u64) {
         return (0, 0);
     };
     let (mut bytes, mut inodes) = (0u64, 0u64);
-    let mut stack = vec![top];
-    while let Some(mut d) = stack.pop() {
-        let names: Vec<std::ffi::CString> = d
-            .iter()
-            .flatten()
-            .map(|e| e.file_name().to_owned())
-            .filter(|n| n.to_bytes() != b"." && n.to_bytes() != b"..")
-            .collect();
-        let mut subdirs = Vec::new();
-        for name in names {
-            let Ok(st) = fstatat(&d, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else {
-                continue;
-            };
-            inodes += 1;
-            bytes += u64::try_from(st.st_blocks).unwrap_or(0) * 512;
-            if (st.st_mode & libc::S_IFMT) == libc::S_IFDIR && st.st_dev == top_stat.st_dev {
-                subdirs.push(name);
+    // Depth first, holding open only the chain from the top to where the
+    // walk is (a wide layer must not cost a descriptor per directory): each
+    // level keeps its directory and the names of the subdirectories still to
+    // visit.
+    let mut stack: Vec<(Dir, Vec<std::ffi::CString>)> = Vec::new();
+    let mut next = Some(top);
+    loop {
+        if let Some(mut d) = next.take() {
+            let names: Vec<std::ffi::CString> = d
+                .iter()
+                .flatten()
+                .map(|e| e.file_name().to_owned())
+                .filter(|n| n.to_bytes() != b"." && n.to_bytes() != b"..")
+                .collect();
+            let mut subdirs = Vec::new();
+            for name in names {
+                let Ok(st) = fstatat(&d, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else {
+                    continue;
+                };
+                inodes += 1;
+                bytes += u64::try_from(st.st_blocks).unwrap_or(0) * 512;
+                if (st.st_mode & libc::S_IFMT) == libc::S_IFDIR && st.st_dev == top_stat.st_dev {
+                    subdirs.push(name);
+                }
             }
+            stack.push((d, subdirs));
         }
-        for name in subdirs {
-            if let Ok(sub) = Dir::openat(&d, name.as_c_str(), flags, Mode::empty()) {
-                stack.push(sub);
+        let Some((dir, pending)) = stack.last_mut() else {
+            break;
+        };
+        match pending.pop() {
+            Some(name) => next = Dir::openat(&*dir, name.as_c_str(), flags, Mode::empty()).ok(),
+            None => {
+                stack.pop();
             }
         }
     }
