@@ -106,11 +106,27 @@ async fn configured_engine_runs_every_helper() {
     .await
     .expect("create");
     start(&mut s.rt, &id).await.expect("start");
+    let out =
+        s.rt.exec_sync(sycri::proto::cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["true".into()],
+            timeout: 10,
+        })
+        .await
+        .expect("exec")
+        .into_inner();
+    assert_eq!(out.exit_code, 0);
     let modes = std::fs::read_to_string(&marker).unwrap_or_default();
-    assert!(
-        modes.lines().any(|l| l == sycri_native::MONITOR_ARG),
-        "the monitor ran from the configured engine: {modes:?}"
-    );
+    for mode in [
+        sycri_native::SANDBOX_ARG,
+        sycri_native::MONITOR_ARG,
+        sycri_native::EXEC_ARG,
+    ] {
+        assert!(
+            modes.lines().any(|l| l == mode),
+            "{mode} ran from the configured engine: {modes:?}"
+        );
+    }
     stop_pod(&mut s.rt, &pod).await.expect("stop pod");
     remove_pod(&mut s.rt, &pod).await.expect("remove pod");
     assert_no_leaks(s.dir.path(), &[]);
