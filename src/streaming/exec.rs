@@ -1,9 +1,9 @@
 //! Streaming exec: the `__exec` helper's stdio pumped to and from a session.
 
-use super::fdio::Fd;
 use super::remotecommand::{Outcome, Session, STDERR, STDOUT};
 use super::spdy::Chunk;
 use super::ExecParams;
+use crate::fdio::Fd;
 use crate::runtime::Runtime;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;

@@ -18,7 +18,6 @@
 pub mod attach;
 pub mod dictionary;
 pub mod exec;
-pub mod fdio;
 pub mod portforward;
 pub mod remotecommand;
 mod sha1;

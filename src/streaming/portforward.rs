@@ -10,9 +10,9 @@
 //! SOCK_SEQPACKET socket pair (SCM_RIGHTS). Pods on the host network are
 //! connected to directly.
 
-use super::fdio::Fd;
 use super::spdy::{self, Chunk};
 use super::{PortForwardParams, STREAM_CREATION_TIMEOUT};
+use crate::fdio::Fd;
 use crate::helpers::{self_exe, PORTFORWARD_ARG};
 use crate::runtime::Runtime;
 use std::collections::HashMap;

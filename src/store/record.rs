@@ -1,0 +1,71 @@
+//! Record files: each pod and container is a directory holding its record
+//! (JSON, rewritten atomically on every change) and its CRI config
+//! (`config.pb`, protobuf, written once).
+
+use crate::error::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// Reads a persisted object: its record (`<name>` JSON) and its CRI config
+/// (`config.pb`) from `dir`.
+pub fn load<R: serde::de::DeserializeOwned, C: prost::Message + Default>(
+    dir: &Path,
+    name: &str,
+) -> Result<(R, C)> {
+    let rec = serde_json::from_slice(
+        &std::fs::read(dir.join(name)).map_err(|e| Error::io(format!("read {name}"), e))?,
+    )
+    .map_err(|e| Error::Internal(format!("{name}: {e}")))?;
+    let config = C::decode(
+        std::fs::read(dir.join("config.pb"))
+            .map_err(|e| Error::io("read config.pb", e))?
+            .as_slice(),
+    )
+    .map_err(|e| Error::Internal(format!("config.pb: {e}")))?;
+    Ok((rec, config))
+}
+
+/// Writes a record (`<name>` JSON in `dir`) atomically: a reader (or the next
+/// server) sees the old record or the new one, never a torn one.
+pub fn save<R: serde::Serialize>(dir: &Path, name: &str, rec: &R) -> Result<()> {
+    let data = serde_json::to_vec_pretty(rec)
+        .map_err(|e| Error::Internal(format!("encode {name}: {e}")))?;
+    sycri_native::util::write_atomic(&dir.join(name), &data)
+        .map_err(|e| Error::io(format!("write {name}"), e))
+}
+
+/// Writes the CRI config beside the record.
+pub fn save_config<C: prost::Message>(dir: &Path, config: &C) -> Result<()> {
+    sycri_native::util::write_atomic(&dir.join("config.pb"), &config.encode_to_vec())
+        .map_err(|e| Error::io("write config.pb", e))
+}
+
+/// (name, path) of each subdirectory of `dir`.
+pub fn list_dirs(dir: &Path) -> Vec<(String, PathBuf)> {
+    let mut v = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                v.push((e.file_name().to_string_lossy().into_owned(), e.path()));
+            }
+        }
+    }
+    v
+}
+
+/// Reads a file that may not exist.
+pub fn read_optional(p: &Path) -> Result<Option<Vec<u8>>> {
+    match std::fs::read(p) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("read {}", p.display()), e)),
+    }
+}
+
+/// Removes a directory tree; one that is not there is fine.
+pub fn remove_dir(d: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(d) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("remove {}", d.display()), e)),
+    }
+}
