@@ -1,9 +1,10 @@
 //! The image store: SIF files, content-addressed by the sha256 of the file,
 //! with an index (tags, digests, what containers need from the image) that
-//! survives restarts. Also the host-side mounts of images' root filesystems,
-//! shared by every container of an image.
+//! survives restarts, and where each image's root filesystem is mounted
+//! (the mounting itself is the engine's, driven by the service).
 
 use crate::error::{Error, Result};
+use crate::util::random_hex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -425,8 +426,6 @@ impl ImageStore {
         index.images.retain(|r| r.id != rec.id);
         self.save(&index)?;
         drop(index);
-        let mp = self.mount_point(&rec);
-        sycri_native::mounts::unmount(&mp).map_err(|e| Error::Internal(e.to_string()))?;
         let _ = fs::remove_dir_all(self.mounts.join(rec.hex()));
         match fs::remove_file(self.blob_path(&rec)) {
             Ok(()) => {}
@@ -434,33 +433,6 @@ impl ImageStore {
             Err(e) => return Err(Error::io("remove image file", e)),
         }
         Ok(Some(rec))
-    }
-
-    /// Mounts the image's root filesystem if it is not mounted yet. Blocking.
-    pub fn ensure_mounted(&self, rec: &ImageRecord) -> Result<PathBuf> {
-        let mp = self.mount_point(rec);
-        if sycri_native::mounts::is_mounted(&mp).map_err(|e| Error::Internal(e.to_string()))? {
-            return Ok(mp);
-        }
-        fs::create_dir_all(&mp).map_err(|e| Error::io(format!("create {}", mp.display()), e))?;
-        sycri_native::mounts::mount_squashfs(
-            &self.blob_path(rec),
-            rec.rootfs_offset,
-            rec.rootfs_size,
-            &mp,
-        )
-        .map_err(|e| Error::Internal(format!("mount image {}: {e}", rec.id)))?;
-        Ok(mp)
-    }
-
-    /// Unmounts the image's root filesystem (when no container uses it any more).
-    pub fn release_mount(&self, rec_id: &str) -> Result<()> {
-        let hex = rec_id.strip_prefix("sha256:").unwrap_or(rec_id);
-        let dir = self.mounts.join(hex);
-        sycri_native::mounts::unmount(&dir.join("rootfs"))
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        let _ = fs::remove_dir_all(&dir);
-        Ok(())
     }
 
     /// Bytes and inodes used by the store.
@@ -531,24 +503,4 @@ pub fn file_digest(path: &Path) -> Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
-}
-
-/// `n` random bytes as hex.
-pub fn random_hex(n: usize) -> String {
-    let mut buf = vec![0u8; n];
-    let mut filled = 0;
-    while filled < n {
-        // SAFETY: getrandom writes at most `n - filled` bytes into our buffer.
-        let r = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), n - filled, 0) };
-        if r <= 0 {
-            // Fall back to the clock mixed with the pid; only ids depend on it.
-            let seed = now_ns() as u64 ^ u64::from(std::process::id()).rotate_left(32);
-            for (i, b) in buf[filled..].iter_mut().enumerate() {
-                *b = (seed >> ((i % 8) * 8)) as u8 ^ i as u8;
-            }
-            break;
-        }
-        filled += r as usize;
-    }
-    hex::encode(buf)
 }

@@ -1,27 +1,28 @@
-//! The sycri server: CRI services over a unix socket, pod, container and image
-//! state, and the glue that drives the engine (`sycri-native`) through helper
-//! processes.
+//! The sycri server. Layers, each using only those below it:
+//!
+//! - `cri`: the gRPC faces (one file per RPC family), CRI conversions and filters;
+//! - `service`: the operations (`Runtime`);
+//! - `store` (pods and containers), `engine` (helpers, monitors, kernel
+//!   state), `streaming`, `images`, `cni`, `registry`, `convert`;
+//! - `sycri_native`, the engine crate.
+//!
+//! `server` wires them together; `config`, `error`, `proto`, `util`, `fdio`,
+//! `seccomp` and `userdb` are leaves used across the layers.
 
 pub mod cli;
 pub mod cni;
 pub mod config;
-pub mod containers;
 pub mod convert;
 pub mod cri;
 pub mod engine;
 pub mod error;
-pub mod exec;
 pub mod fdio;
-pub mod helpers;
 pub mod images;
-pub mod pods;
 pub mod proto;
-pub mod pull;
 pub mod registry;
-pub mod resources;
-pub mod runtime;
 pub mod seccomp;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod streaming;
 pub mod userdb;

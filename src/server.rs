@@ -3,11 +3,12 @@
 
 use crate::config::Config;
 use crate::cri::{ImageService, RuntimeService};
-use crate::helpers::Reaper;
+use crate::engine::{LinuxEngine, Reaper};
 use crate::proto::cri::image_service_server::ImageServiceServer;
 use crate::proto::cri::runtime_service_server::RuntimeServiceServer;
-use crate::runtime::Runtime;
+use crate::service::Runtime;
 use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
 
 #[derive(thiserror::Error, Debug)]
 pub enum ServeError {
@@ -21,7 +22,9 @@ pub enum ServeError {
         source: std::io::Error,
     },
     #[error("{0}")]
-    Engine(#[from] crate::helpers::EngineError),
+    Engine(#[from] crate::engine::EngineError),
+    #[error("start the reaper: {0}")]
+    Reaper(std::io::Error),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("streaming server: {0}")]
@@ -36,11 +39,17 @@ const MAX_MESSAGE: usize = 16 << 20;
 
 pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let socket = cfg.socket_path()?;
-    crate::helpers::select_engine(cfg.engine_binary.as_deref())?;
-    let reaper = Reaper::start()?;
-    let rt = Runtime::open(cfg, reaper)?;
-    let streaming = crate::streaming::start(rt.clone(), &rt.cfg.stream_address).await?;
-    let _ = rt.streaming.set(streaming);
+    // Chosen before the reaper starts: the probe waits for its own child.
+    let binary = crate::engine::binary::select(cfg.engine_binary.as_deref())?;
+    let reaper = Reaper::start().map_err(ServeError::Reaper)?;
+    let engine = Arc::new(LinuxEngine::new(
+        binary,
+        reaper.clone(),
+        crate::service::CGROUP_PARENT,
+    ));
+    let streaming = crate::streaming::bind(&cfg.stream_address).await?;
+    let rt = Runtime::open(cfg, engine, reaper, Some(streaming.registry()))?;
+    streaming.serve(rt.clone());
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(|source| ServeError::Listen {
             path: socket.display().to_string(),

@@ -143,7 +143,7 @@ async fn exec_sync_runs_inside_the_container() {
     )
     .await
     .expect("big");
-    assert_eq!(r.stdout.len(), sycri::exec::MAX_OUTPUT);
+    assert_eq!(r.stdout.len(), sycri::engine::MAX_EXEC_OUTPUT);
 
     // Not running: FailedPrecondition; unknown: NotFound.
     s.rt.stop_container(cri::StopContainerRequest {

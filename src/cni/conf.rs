@@ -3,7 +3,7 @@
 //! or a single plugin configuration (`.conf`, `.json`), which is read as a
 //! list of one.
 
-use super::CniError;
+use super::error::CniError;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 

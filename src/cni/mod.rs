@@ -9,11 +9,13 @@
 //! work the same after a server restart or a change of the config directory.
 
 pub mod conf;
+pub mod error;
 pub mod plugin;
 pub mod result;
 
-use crate::helpers::Reaper;
+use crate::engine::Reaper;
 use conf::{version_at_least, NetworkConfig};
+pub use error::CniError;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::net::IpAddr;
@@ -26,56 +28,6 @@ pub const POD_IFNAME: &str = "eth0";
 pub const ATTACHMENT_FILE: &str = "network.json";
 /// How long one plugin call may take.
 const PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
-
-#[derive(thiserror::Error, Debug)]
-pub enum CniError {
-    #[error("no network config found in {}", dir.display())]
-    NoConfig { dir: PathBuf },
-    #[error("network config {}: {reason}", path.display())]
-    BadConfig { path: PathBuf, reason: String },
-    #[error("CNI plugin {plugin:?} not found in {dirs}")]
-    PluginNotFound { plugin: String, dirs: String },
-    #[error("CNI plugin {plugin} {command} failed (exit {exit}, code {code}): {message}")]
-    Plugin {
-        plugin: String,
-        command: String,
-        code: u64,
-        exit: i32,
-        message: String,
-    },
-    #[error("CNI plugin {plugin} {command} took longer than {secs}s")]
-    Timeout {
-        plugin: String,
-        command: String,
-        secs: u64,
-    },
-    #[error("CNI plugin {plugin} {command}: bad result: {reason}")]
-    BadResult {
-        plugin: String,
-        command: String,
-        reason: String,
-    },
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-impl From<CniError> for crate::error::Error {
-    fn from(e: CniError) -> Self {
-        use crate::error::Error;
-        match e {
-            CniError::NoConfig { .. }
-            | CniError::BadConfig { .. }
-            | CniError::PluginNotFound { .. } => Error::FailedPrecondition(e.to_string()),
-            CniError::Timeout { .. } => Error::DeadlineExceeded(e.to_string()),
-            CniError::Io { context, source } => Error::io(context, source),
-            CniError::Plugin { .. } | CniError::BadResult { .. } => Error::Internal(e.to_string()),
-        }
-    }
-}
 
 /// The pod facts CNI hands to plugins.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

@@ -7,8 +7,9 @@
 //! `Child` itself. The plugin enters the pod's network namespace (CNI_NETNS)
 //! by itself; the server never does.
 
-use super::CniError;
-use crate::helpers::{kill_group, read_bounded, Reaper};
+use super::error::CniError;
+use crate::engine::process::{read_bounded, Group};
+use crate::engine::Reaper;
 use serde_json::Value;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
@@ -49,7 +50,8 @@ pub async fn run(
     let cni_path = std::env::join_paths(call.path)
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut child = Command::new(binary)
+    let mut command = Command::new(binary);
+    command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -65,9 +67,11 @@ pub async fn run(
         .env("CNI_IFNAME", call.ifname)
         .env("CNI_ARGS", call.args)
         .env("CNI_PATH", &cni_path)
-        // Its own group, so that a timeout ends the tools it started too.
-        .process_group(0)
-        .spawn()
+        // Its own group, so that a timeout ends the tools it started too,
+        // and a tool it left running cannot hold its pipes open for ever.
+        .process_group(0);
+    let mut child = reaper
+        .spawn(&mut command, Group::KillOnExit)
         .map_err(|e| CniError::Io {
             context: format!("start CNI plugin {}", binary.display()),
             source: e,
@@ -90,7 +94,7 @@ pub async fn run(
     let code = match tokio::time::timeout(call.timeout, reaper.wait(pid)).await {
         Ok(code) => code,
         Err(_) => {
-            kill_group(pid);
+            reaper.signal(pid, libc::SIGKILL, true);
             reaper.wait(pid).await;
             return Err(CniError::Timeout {
                 plugin,
@@ -99,8 +103,6 @@ pub async fn run(
             });
         }
     };
-    // A tool the plugin left running could hold its pipes open for ever.
-    kill_group(pid);
     let _ = writer.await;
     let join = |e: tokio::task::JoinError| CniError::Io {
         context: format!("read CNI plugin {plugin}"),

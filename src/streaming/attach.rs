@@ -1,69 +1,25 @@
 //! Streaming attach: the container's monitor serves it on its control socket
 //! (so attach works after a server restart); we relay between the session and
-//! that socket. Framing: see `sycri_native::monitor::attach`.
+//! that connection, which the backend opens. Framing: see
+//! `sycri_native::monitor::attach`.
 
-use super::remotecommand::{Outcome, Session, STDERR, STDOUT};
+use super::backend::Backend;
+use super::request::AttachParams;
+use super::session::{Outcome, Session, STDERR, STDOUT};
 use super::spdy::Chunk;
-use super::AttachParams;
-use crate::containers::State;
-use crate::runtime::Runtime;
 use std::sync::Arc;
-use std::time::Duration;
-use sycri_native::monitor::{attach as frame, Request, Response};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use sycri_native::monitor::attach as frame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-pub async fn run(rt: Arc<Runtime>, p: AttachParams, mut s: Session) -> Outcome {
-    let Some((id, c)) = Runtime::find(&rt.containers, &p.container_id) else {
-        return Outcome::Failed(format!("container {:?} not found", p.container_id));
+pub async fn run(backend: Arc<dyn Backend>, p: AttachParams, mut s: Session) -> Outcome {
+    let session = match backend.attach(&p).await {
+        Ok(a) => a,
+        Err(e) => return Outcome::Failed(e),
     };
-    let socket = {
-        let mut c = c.lock().await;
-        if c.refresh() != State::Running {
-            return Outcome::Failed(format!("container {id} is not running"));
-        }
-        c.rec.control_socket.clone()
-    };
-    let conn = match tokio::net::UnixStream::connect(&socket).await {
-        Ok(c) => c,
-        Err(e) => {
-            return Outcome::Failed(format!(
-                "container monitor is not reachable at {}: {e}",
-                socket.display()
-            ))
-        }
-    };
-    let (rd, mut wr) = conn.into_split();
-    let req = Request::Attach {
-        stdin: p.stdin,
-        stdout: p.stdout,
-        stderr: p.stderr,
-        tty: p.tty,
-    };
-    let mut line = match serde_json::to_vec(&req) {
-        Ok(l) => l,
-        Err(e) => return Outcome::Failed(e.to_string()),
-    };
-    line.push(b'\n');
-    if let Err(e) = wr.write_all(&line).await {
-        return Outcome::Failed(format!("talk to container monitor: {e}"));
-    }
-    let mut rd = BufReader::new(rd);
-    let mut answer = String::new();
-    match tokio::time::timeout(Duration::from_secs(10), rd.read_line(&mut answer)).await {
-        Ok(Ok(n)) if n > 0 => {}
-        _ => return Outcome::Failed("container monitor did not answer".into()),
-    }
-    match serde_json::from_str::<Response>(&answer) {
-        Ok(Response { ok: true, .. }) => {}
-        Ok(Response { error, .. }) => {
-            return Outcome::Failed(
-                error
-                    .map(|f| f.message)
-                    .unwrap_or_else(|| "container monitor refused".into()),
-            )
-        }
-        Err(e) => return Outcome::Failed(format!("container monitor answered {answer:?}: {e}")),
-    }
+    let id = &p.container_id;
+    let (rd, mut wr) = session.stream.into_split();
+    // What the monitor sent right after its answer comes first.
+    let mut rd = std::io::Cursor::new(session.early).chain(rd);
     tracing::debug!(container = %id, "attached");
 
     // Output: frames from the monitor straight to the client, in a task of its
@@ -102,7 +58,7 @@ pub async fn run(rt: Arc<Runtime>, p: AttachParams, mut s: Session) -> Outcome {
     loop {
         tokio::select! {
             _ = &mut output => return Outcome::Done,
-            _ = super::remotecommand::client_gone(&mut gone) => {
+            _ = super::session::client_gone(&mut gone) => {
                 output.abort();
                 return Outcome::Failed("the client went away".into());
             }

@@ -1,10 +1,10 @@
 //! Streaming exec: the `__exec` helper's stdio pumped to and from a session.
 
-use super::remotecommand::{Outcome, Session, STDERR, STDOUT};
+use super::backend::Backend;
+use super::request::ExecParams;
+use super::session::{Outcome, Session, STDERR, STDOUT};
 use super::spdy::Chunk;
-use super::ExecParams;
 use crate::fdio::Fd;
-use crate::runtime::Runtime;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,8 +31,6 @@ fn pump_out(fd: Arc<Fd>, s: &Session, ch: u8) -> JoinHandle<()> {
     })
 }
 
-use crate::helpers::kill_group;
-
 fn wrap(fd: Option<OwnedFd>) -> Option<Arc<Fd>> {
     fd.and_then(|f| match Fd::new(f) {
         Ok(f) => Some(Arc::new(f)),
@@ -43,16 +41,12 @@ fn wrap(fd: Option<OwnedFd>) -> Option<Arc<Fd>> {
     })
 }
 
-pub async fn run(rt: Arc<Runtime>, p: ExecParams, mut s: Session) -> Outcome {
-    let mut proc = match rt
-        .spawn_exec(&p.container_id, p.cmd.clone(), p.stdin, p.tty)
-        .await
-    {
+pub async fn run(backend: Arc<dyn Backend>, p: ExecParams, mut s: Session) -> Outcome {
+    let mut proc = match backend.exec(&p).await {
         Ok(proc) => proc,
-        Err(e) => return Outcome::Failed(e.to_string()),
+        Err(e) => return Outcome::Failed(e),
     };
-    let pid = proc.pid;
-    tracing::debug!(container = %p.container_id, pid, tty = p.tty, "streaming exec started");
+    tracing::debug!(container = %p.container_id, tty = p.tty, "streaming exec started");
     let pty = wrap(proc.pty.take());
     let stdout = pty.clone().or_else(|| wrap(proc.stdout.take()));
     let stderr = wrap(proc.stderr.take());
@@ -97,22 +91,17 @@ pub async fn run(rt: Arc<Runtime>, p: ExecParams, mut s: Session) -> Outcome {
 
     let mut gone = s.gone.clone();
     let code = tokio::select! {
-        code = rt.reaper.wait(pid) => Some(code),
-        _ = super::remotecommand::client_gone(&mut gone) => None,
+        code = proc.control.wait() => Some(code),
+        _ = super::session::client_gone(&mut gone) => None,
     };
     let outcome = match code {
         Some(code) => {
-            tracing::debug!(pid, code, "streaming exec ended");
-            if !p.tty {
-                // Whatever the command left in its group holds the pipes.
-                kill_group(pid);
-            }
+            tracing::debug!(code, "streaming exec ended");
             Outcome::Exited(code)
         }
         None => {
-            tracing::debug!(pid, "exec client went away: ending the command");
-            kill_group(pid);
-            rt.reaper.wait(pid).await;
+            tracing::debug!("exec client went away: ending the command");
+            proc.control.kill().await;
             Outcome::Failed("the client went away".into())
         }
     };

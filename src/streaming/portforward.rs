@@ -4,145 +4,17 @@
 //! connection fails) and `streamType: data` (the bytes), with the pod's port
 //! in the `port` header.
 //!
-//! Connections into the pod's network namespace are made by one
-//! `sycri __portforward <netns>` helper per session (the server never enters
-//! namespaces itself); it hands each connected socket back over a
-//! SOCK_SEQPACKET socket pair (SCM_RIGHTS). Pods on the host network are
-//! connected to directly.
+//! The connections to the pod's ports come from the backend (the engine
+//! makes them inside the pod's network namespace).
 
+use super::backend::{Backend, PortConnector};
+use super::request::{PortForwardParams, STREAM_CREATION_TIMEOUT};
 use super::spdy::{self, Chunk};
-use super::{PortForwardParams, STREAM_CREATION_TIMEOUT};
-use crate::fdio::Fd;
-use crate::helpers::{self_exe, PORTFORWARD_ARG};
-use crate::runtime::Runtime;
 use std::collections::HashMap;
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Mutex;
-
-/// Makes connections to the pod's ports.
-pub enum Connector {
-    /// The pod uses the host's network.
-    Host,
-    /// A helper inside the pod's network namespace.
-    Helper {
-        sock: Mutex<Fd>,
-        pid: i32,
-        rt: Arc<Runtime>,
-    },
-}
-
-impl Connector {
-    /// The connector for pod `pod_id`.
-    pub async fn for_pod(rt: &Arc<Runtime>, pod_id: &str) -> Result<Connector, String> {
-        let (id, pod) = Runtime::find(&rt.pods, pod_id)
-            .ok_or_else(|| format!("pod sandbox {pod_id:?} not found"))?;
-        let netns = {
-            let pod = pod.lock().await;
-            if !pod.rec.ready {
-                return Err(format!("pod sandbox {id} is not ready"));
-            }
-            if !pod.rec.own_net {
-                return Ok(Connector::Host);
-            }
-            pod.ns_path("net")
-        };
-        let mut fds = [0i32; 2];
-        // SAFETY: socketpair writes two descriptors into our array.
-        let r = unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-                0,
-                fds.as_mut_ptr(),
-            )
-        };
-        if r != 0 {
-            return Err(format!("socketpair: {}", std::io::Error::last_os_error()));
-        }
-        // SAFETY: socketpair succeeded: both descriptors are new and ours.
-        let (ours, theirs) =
-            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let child = Command::new(self_exe())
-            .arg(PORTFORWARD_ARG)
-            .arg(&netns)
-            .stdin(Stdio::from(theirs))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .env_clear()
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("start port-forward helper: {e}"))?;
-        let pid = child.id() as i32;
-        drop(child);
-        let sock = Fd::new(ours).map_err(|e| format!("watch helper socket: {e}"))?;
-        Ok(Connector::Helper {
-            sock: Mutex::new(sock),
-            pid,
-            rt: rt.clone(),
-        })
-    }
-
-    /// A connection to `port` on the pod's loopback.
-    pub async fn connect(&self, port: u16) -> Result<TcpStream, String> {
-        match self {
-            Connector::Host => TcpStream::connect(("127.0.0.1", port))
-                .await
-                .map_err(|e| format!("connect to localhost:{port}: {e}")),
-            Connector::Helper { sock, .. } => {
-                let sock = sock.lock().await;
-                let req = port.to_be_bytes();
-                sock.write_with(|fd| sycri_native::exec::send_with_fd(fd, &req, None))
-                    .await
-                    .map_err(|e| format!("port-forward helper: {e}"))?;
-                let mut buf = [0u8; 1024];
-                let (n, fd) = sock
-                    .read_with(|fd| sycri_native::exec::recv_with_fd(fd, &mut buf))
-                    .await
-                    .map_err(|e| format!("port-forward helper: {e}"))?;
-                match (n, buf.first(), fd) {
-                    (0, _, _) => Err("port-forward helper ended".into()),
-                    (_, Some(&sycri_native::exec::portforward::OK), Some(fd)) => {
-                        let std = std::net::TcpStream::from(fd);
-                        std.set_nonblocking(true)
-                            .map_err(|e| format!("connected socket: {e}"))?;
-                        TcpStream::from_std(std).map_err(|e| format!("connected socket: {e}"))
-                    }
-                    _ => {
-                        Err(String::from_utf8_lossy(buf.get(1..n).unwrap_or_default()).into_owned())
-                    }
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Connector {
-    fn drop(&mut self) {
-        if let Connector::Helper { pid, rt, .. } = self {
-            // Our end of the socket closes with us; the helper then exits. Collect
-            // its exit so that the reaper does not keep it.
-            let (pid, rt) = (*pid, rt.clone());
-            if let Ok(h) = tokio::runtime::Handle::try_current() {
-                h.spawn(async move {
-                    if tokio::time::timeout(Duration::from_secs(10), rt.reaper.wait(pid))
-                        .await
-                        .is_err()
-                    {
-                        // SAFETY: kill(2) with integer arguments on our helper.
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
-                        rt.reaper.wait(pid).await;
-                    }
-                });
-            }
-        }
-    }
-}
 
 /// Relays between one data stream and one TCP connection until the pod's
 /// side ended (or the client reset the stream). The client's half-close only
@@ -187,7 +59,7 @@ async fn relay(
 }
 
 async fn forward(
-    connector: Arc<Connector>,
+    connector: Arc<dyn PortConnector>,
     w: spdy::Writer,
     pod: String,
     data: spdy::Stream,
@@ -221,9 +93,9 @@ async fn forward(
 }
 
 /// Port-forward over an established SPDY connection.
-pub async fn serve_spdy(rt: Arc<Runtime>, p: PortForwardParams, mut conn: spdy::Conn) {
-    let connector = match Connector::for_pod(&rt, &p.pod_id).await {
-        Ok(c) => Arc::new(c),
+pub async fn serve_spdy(backend: Arc<dyn Backend>, p: PortForwardParams, mut conn: spdy::Conn) {
+    let connector: Arc<dyn PortConnector> = match backend.port_forward(&p.pod_id).await {
+        Ok(c) => Arc::from(c),
         Err(e) => {
             tracing::warn!(pod = %p.pod_id, error = %e, "port-forward refused");
             conn.finish(Duration::ZERO).await;

@@ -13,207 +13,37 @@
 //! URL): data `2i` and error `2i+1`, each starting with the port as u16
 //! little-endian in the server's first message.
 
-use super::remotecommand::{self, Opts, Outcome, Session, Target};
+use super::backend::Backend;
+use super::portforward;
+use super::remotecommand::{self, Target};
+use super::request::{Pending, PortForwardParams, PORTFORWARD_WS_TUNNEL};
+use super::session::{self, Opts, Outcome, Session};
 use super::spdy::Chunk;
-use super::{portforward, Pending, PORTFORWARD_WS_TUNNEL};
-use crate::runtime::Runtime;
-use base64::Engine;
+use super::wsframe::{self, Message, Writer, CLOSE_CHANNEL, MAX_SEND, OP_BINARY, OP_CLOSE};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
-const OP_CONT: u8 = 0;
-const OP_TEXT: u8 = 1;
-const OP_BINARY: u8 = 2;
-const OP_CLOSE: u8 = 8;
-const OP_PING: u8 = 9;
-const OP_PONG: u8 = 10;
-/// Largest message we accept from a client.
-const MAX_MESSAGE: usize = 1 << 20;
-/// Largest payload of one message we send.
-const MAX_SEND: usize = 32 * 1024;
-/// The channel that closes another channel (v5).
-const CLOSE_CHANNEL: u8 = 255;
-
-/// The `Sec-WebSocket-Accept` value for a client's key.
-pub fn accept_key(key: &str) -> String {
-    let mut s = key.as_bytes().to_vec();
-    s.extend_from_slice(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    base64::engine::general_purpose::STANDARD.encode(super::sha1::sha1(&s))
-}
-
-enum WsOut {
-    Message { op: u8, data: Vec<u8> },
-}
-
-/// Sends messages on the connection; cheap to clone.
-#[derive(Clone)]
-pub struct Writer {
-    tx: mpsc::Sender<WsOut>,
-    base64: bool,
-}
-
-impl Writer {
-    /// Data on channel `ch`; false once the connection is gone.
-    pub async fn channel(&self, ch: u8, data: &[u8]) -> bool {
-        if data.is_empty() {
-            return true;
-        }
-        for chunk in data.chunks(MAX_SEND) {
-            let msg = if self.base64 {
-                let mut m = vec![b'0' + ch];
-                m.extend_from_slice(
-                    base64::engine::general_purpose::STANDARD
-                        .encode(chunk)
-                        .as_bytes(),
-                );
-                WsOut::Message {
-                    op: OP_TEXT,
-                    data: m,
-                }
-            } else {
-                let mut m = Vec::with_capacity(chunk.len() + 1);
-                m.push(ch);
-                m.extend_from_slice(chunk);
-                WsOut::Message {
-                    op: OP_BINARY,
-                    data: m,
-                }
-            };
-            if self.tx.send(msg).await.is_err() {
-                return false;
-            }
-        }
-        true
-    }
-
-    async fn raw(&self, op: u8, data: Vec<u8>) -> bool {
-        self.tx.send(WsOut::Message { op, data }).await.is_ok()
-    }
-}
-
-fn frame(op: u8, data: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(data.len() + 10);
-    f.push(0x80 | op);
-    match data.len() {
-        n if n < 126 => f.push(n as u8),
-        n if n <= 0xffff => {
-            f.push(126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(data);
-    f
-}
-
-async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<WsOut>) {
-    while let Some(WsOut::Message { op, data }) = rx.recv().await {
-        if wr.write_all(&frame(op, &data)).await.is_err() {
-            break;
-        }
-        if rx.is_empty() && wr.flush().await.is_err() {
-            break;
-        }
-        if op == OP_CLOSE {
-            break;
-        }
-    }
-    let _ = wr.flush().await;
-    let _ = wr.shutdown().await;
-}
-
-/// One complete message from the client.
-struct Message {
-    op: u8,
-    data: Vec<u8>,
-}
-
-/// Reads the next message (reassembling fragments, unmasking); answers pings
-/// through `w`. None at the end of the connection or at a close message.
-async fn read_message<R: AsyncRead + Unpin>(rd: &mut R, w: &Writer) -> Option<Message> {
-    let mut msg: Option<Message> = None;
-    loop {
-        let mut h = [0u8; 2];
-        rd.read_exact(&mut h).await.ok()?;
-        let fin = h[0] & 0x80 != 0;
-        let op = h[0] & 0x0f;
-        let masked = h[1] & 0x80 != 0;
-        let len = match h[1] & 0x7f {
-            126 => {
-                let mut b = [0u8; 2];
-                rd.read_exact(&mut b).await.ok()?;
-                u16::from_be_bytes(b) as usize
-            }
-            127 => {
-                let mut b = [0u8; 8];
-                rd.read_exact(&mut b).await.ok()?;
-                usize::try_from(u64::from_be_bytes(b)).ok()?
-            }
-            n => n as usize,
-        };
-        if len > MAX_MESSAGE {
-            return None;
-        }
-        let mut mask = [0u8; 4];
-        if masked {
-            rd.read_exact(&mut mask).await.ok()?;
-        }
-        let mut data = vec![0u8; len];
-        rd.read_exact(&mut data).await.ok()?;
-        if masked {
-            for (i, b) in data.iter_mut().enumerate() {
-                *b ^= mask[i % 4];
-            }
-        }
-        match op {
-            OP_PING => {
-                w.raw(OP_PONG, data).await;
-                continue;
-            }
-            OP_PONG => continue,
-            OP_CLOSE => {
-                w.raw(OP_CLOSE, data.get(..2).unwrap_or(&[]).to_vec()).await;
-                return None;
-            }
-            OP_CONT => {
-                let m = msg.as_mut()?;
-                if m.data.len() + data.len() > MAX_MESSAGE {
-                    return None;
-                }
-                m.data.extend_from_slice(&data);
-            }
-            OP_TEXT | OP_BINARY => msg = Some(Message { op, data }),
-            _ => return None,
-        }
-        if fin {
-            return msg;
-        }
-    }
-}
-
 /// Serves one request over an upgraded WebSocket connection.
-pub async fn serve<IO>(rt: Arc<Runtime>, pending: Pending, proto: &str, query: &str, io: IO)
-where
+pub async fn serve<IO>(
+    backend: Arc<dyn Backend>,
+    pending: Pending,
+    proto: &str,
+    query: &str,
+    io: IO,
+) where
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut rd, wr) = tokio::io::split(io);
-    let (tx, rx) = mpsc::channel(64);
-    let writer_task = tokio::spawn(write_loop(wr, rx));
-    let w = Writer {
-        tx,
-        base64: proto.starts_with("base64."),
-    };
+    let (w, rx) = Writer::new(proto.starts_with("base64."));
+    let writer_task = tokio::spawn(wsframe::write_loop(wr, rx));
     // Messages from the client, read by a task of their own (reading a frame
     // is not cancel-safe); the channel ends with the connection.
     let (msg_tx, mut messages) = mpsc::channel::<Message>(16);
     let w0 = w.clone();
     let reader = tokio::spawn(async move {
-        while let Some(m) = read_message(&mut rd, &w0).await {
+        while let Some(m) = wsframe::read_message(&mut rd, &w0).await {
             if msg_tx.send(m).await.is_err() {
                 break;
             }
@@ -247,12 +77,12 @@ where
                 }
                 let _ = to_spdy.shutdown().await;
             });
-            portforward::serve_spdy(rt, p, conn).await;
+            portforward::serve_spdy(backend, p, conn).await;
             down.abort();
             let _ = up.await;
         }
         Pending::PortForward(p) => {
-            serve_portforward_channels(rt, p, query, &mut messages, &w).await;
+            serve_portforward_channels(backend, p, query, &mut messages, &w).await;
         }
         Pending::Exec(p) => {
             let opts = Opts {
@@ -261,7 +91,7 @@ where
                 stderr: p.stderr,
                 tty: p.tty,
             };
-            serve_remotecommand(&mut messages, &w, opts, Target::Exec(rt, p)).await;
+            serve_remotecommand(&mut messages, &w, opts, Target::Exec(backend, p)).await;
         }
         Pending::Attach(p) => {
             let opts = Opts {
@@ -270,7 +100,7 @@ where
                 stderr: p.stderr,
                 tty: p.tty,
             };
-            serve_remotecommand(&mut messages, &w, opts, Target::Attach(rt, p)).await;
+            serve_remotecommand(&mut messages, &w, opts, Target::Attach(backend, p)).await;
         }
     }
     w.raw(OP_CLOSE, 1000u16.to_be_bytes().to_vec()).await;
@@ -291,8 +121,8 @@ async fn serve_remotecommand(
     let session = Session {
         opts,
         stdin: opts.stdin.then_some(stdin_rx),
-        resize: opts.tty.then(|| remotecommand::sizes(resize_rx)),
-        out: remotecommand::Output::Ws(w.clone()),
+        resize: opts.tty.then(|| session::sizes(resize_rx)),
+        out: session::Output::Ws(w.clone()),
         gone: gone_rx,
     };
     let run = target.run(session);
@@ -308,22 +138,22 @@ async fn serve_remotecommand(
                     // Let the backend end what it started.
                     break run.await;
                 };
-                let (ch, data) = match decode(base64, &m) {
+                let (ch, data) = match wsframe::decode(base64, &m) {
                     Some(x) => x,
                     None => continue,
                 };
                 match ch {
-                    remotecommand::STDIN => {
+                    session::STDIN => {
                         if let Some(tx) = &stdin_tx {
                             if !data.is_empty() && tx.send(Chunk::Data(data)).await.is_err() {
                                 stdin_tx = None;
                             }
                         }
                     }
-                    remotecommand::RESIZE => {
+                    session::RESIZE => {
                         let _ = resize_tx.send(Chunk::Data(data)).await;
                     }
-                    CLOSE_CHANNEL if data.first() == Some(&remotecommand::STDIN) => {
+                    CLOSE_CHANNEL if data.first() == Some(&session::STDIN) => {
                         stdin_tx = None;
                     }
                     _ => {}
@@ -335,26 +165,13 @@ async fn serve_remotecommand(
         Outcome::Failed(ref m) if m == "the client went away" => None,
         ref o => Some(remotecommand::status_json(o)),
     };
-    remotecommand::Output::Ws(w.clone()).finish(status).await;
-}
-
-/// (channel, data) of a client message in the binary or base64 encoding.
-fn decode(base64: bool, m: &Message) -> Option<(u8, Vec<u8>)> {
-    let (&first, rest) = m.data.split_first()?;
-    if base64 && m.op == OP_TEXT {
-        let ch = first.checked_sub(b'0')?;
-        let data = base64::engine::general_purpose::STANDARD
-            .decode(rest)
-            .ok()?;
-        return Some((ch, data));
-    }
-    Some((first, rest.to_vec()))
+    session::Output::Ws(w.clone()).finish(status).await;
 }
 
 /// `portforward.k8s.io` over WebSocket: one connection per requested port.
 async fn serve_portforward_channels(
-    rt: Arc<Runtime>,
-    p: super::PortForwardParams,
+    backend: Arc<dyn Backend>,
+    p: PortForwardParams,
     query: &str,
     messages: &mut mpsc::Receiver<Message>,
     w: &Writer,
@@ -371,7 +188,7 @@ async fn serve_portforward_channels(
             .filter_map(|p| u16::try_from(*p).ok())
             .collect();
     }
-    let connector = match portforward::Connector::for_pod(&rt, &p.pod_id).await {
+    let connector = match backend.port_forward(&p.pod_id).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(pod = %p.pod_id, error = %e, "port-forward refused");

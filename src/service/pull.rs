@@ -3,12 +3,13 @@
 //! reference wait for each other, so an image is downloaded once; an image
 //! already stored (same config digest) is stored once.
 
+use super::Runtime;
 use crate::convert::{self, ConvertOptions, Layer, Limits};
 use crate::error::{Error, Result};
 use crate::images::local_path;
 use crate::proto::cri;
 use crate::registry::{Client, Credentials, PullLimits, Reference};
-use crate::runtime::{blocking, Runtime};
+use crate::util::blocking;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex as StdMutex};
 use tokio::sync::Mutex;
@@ -81,7 +82,7 @@ impl Runtime {
     /// Pulls `image` and answers its id.
     pub async fn pull_image(&self, image: &str, auth: Option<cri::AuthConfig>) -> Result<String> {
         if let Some(path) = local_path(image) {
-            let (rt_images, name) = (self.images_handle(), image.to_string());
+            let (rt_images, name) = (self.images.clone(), image.to_string());
             let rec = blocking(move || rt_images.pull_local(&name, &path)).await?;
             return Ok(rec.id);
         }
@@ -139,7 +140,7 @@ impl Runtime {
         let id = pulled.config_digest.clone();
         if self.images.get(&id).is_some() {
             // Same image under another name: record the name, keep one copy.
-            let (images, id2) = (self.images_handle(), id.clone());
+            let (images, id2) = (self.images.clone(), id.clone());
             blocking(move || images.add_names(&id2, tag, repo_digest)).await?;
             return Ok(id);
         }
@@ -152,7 +153,7 @@ impl Runtime {
             })
             .collect();
         let opts = self.puller.convert.clone();
-        let images = self.images_handle();
+        let images = self.images.clone();
         let dir = dir.to_path_buf();
         let config = pulled.config.clone();
         let id2 = id.clone();
@@ -253,7 +254,7 @@ impl Runtime {
             (self.download(image, dir, MAX_SIF_DOWNLOAD).await?, None)
         };
         let id = crate::images::file_digest(&file)?;
-        let (images, tag, id2) = (self.images_handle(), image.to_string(), id.clone());
+        let (images, tag, id2) = (self.images.clone(), image.to_string(), id.clone());
         blocking(move || images.add_converted(&file, &id2, Some(tag), digest)).await?;
         Ok(id)
     }

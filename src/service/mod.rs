@@ -1,0 +1,175 @@
+//! The runtime's operations: what each CRI call does, in terms of the stores
+//! (what exists), the engine (what is done to the host), the image store, the
+//! puller and CNI. [`Runtime`] is the one object the CRI faces call; its
+//! fields are private, and every `impl Runtime` is in this module's files.
+
+mod container_spec;
+mod containers;
+mod exec;
+mod images;
+mod network;
+mod pod_spec;
+mod pods;
+mod pull;
+mod resources;
+mod stream;
+
+pub use container_spec::limits;
+pub use containers::ContainerInfo;
+pub use images::FsUsage;
+pub use pod_spec::CGROUP_PARENT;
+pub use pods::PodInfo;
+pub use resources::{ContainerUsage, PodUsage};
+
+use crate::cni::Cni;
+use crate::config::Config;
+use crate::engine::{Engine, Reaper};
+use crate::error::{Error, Result};
+use crate::images::ImageStore;
+use crate::store::container::Container;
+use crate::store::pod::Pod;
+use crate::store::{record, NameIndex, Store};
+use crate::streaming::Streaming;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub struct Runtime {
+    cfg: Config,
+    state_dir: PathBuf,
+    run_dir: PathBuf,
+    images: Arc<ImageStore>,
+    puller: pull::Puller,
+    pods: Store<Pod>,
+    containers: Store<Container>,
+    /// CRI names of pods and containers, each unique.
+    names: NameIndex,
+    /// Serializes mounting and releasing images' root filesystems.
+    image_mounts: tokio::sync::Mutex<()>,
+    engine: Arc<dyn Engine>,
+    /// Pod networking: CNI configs and plugins (run through `reaper`).
+    cni: Cni,
+    reaper: Reaper,
+    /// The streaming server's token registry (None: no streaming server).
+    streaming: Option<Arc<Streaming>>,
+}
+
+impl Runtime {
+    /// Opens the stores, finds every pod, container and image left on disk,
+    /// and watches the containers that still run.
+    pub fn open(
+        cfg: Config,
+        engine: Arc<dyn Engine>,
+        reaper: Reaper,
+        streaming: Option<Arc<Streaming>>,
+    ) -> Result<Arc<Runtime>> {
+        let state_dir = cfg.state_dir();
+        let run_dir = cfg.run_dir.clone();
+        for d in [
+            state_dir.join("pods"),
+            state_dir.join("containers"),
+            run_dir.join("pods"),
+            run_dir.join("c"),
+        ] {
+            std::fs::create_dir_all(&d)
+                .map_err(|e| Error::io(format!("create {}", d.display()), e))?;
+        }
+        let images = Arc::new(ImageStore::open(&cfg.storage_dir, &run_dir)?);
+        let puller = pull::Puller::new(&cfg)?;
+        let cni = Cni::new(cfg.cni_conf_dir.clone(), cfg.cni_bin_dirs.clone());
+        let rt = Arc::new(Runtime {
+            cfg,
+            state_dir,
+            run_dir,
+            images,
+            puller,
+            pods: Store::new("pod sandbox"),
+            containers: Store::new("container"),
+            names: NameIndex::default(),
+            image_mounts: tokio::sync::Mutex::new(()),
+            engine,
+            cni,
+            reaper,
+            streaming,
+        });
+        rt.recover()?;
+        Ok(rt)
+    }
+
+    fn recover(self: &Arc<Self>) -> Result<()> {
+        for (id, dir) in record::list_dirs(&self.state_dir.join("pods")) {
+            match Pod::load(&dir) {
+                Ok(pod) => {
+                    self.names.reserve(&pod.meta.name_key, &id)?;
+                    self.pods.insert(Arc::new(pod));
+                }
+                Err(e) => tracing::warn!(pod = %id, error = %e, "skipping unreadable pod state"),
+            }
+        }
+        for (id, dir) in record::list_dirs(&self.state_dir.join("containers")) {
+            match Container::load(&dir) {
+                Ok(c) => {
+                    self.names.reserve(&c.meta.name_key, &id)?;
+                    let c = Arc::new(c);
+                    self.containers.insert(c.clone());
+                    self.watch(c);
+                }
+                Err(e) => {
+                    tracing::warn!(container = %id, error = %e, "skipping unreadable container state")
+                }
+            }
+        }
+        tracing::info!(
+            pods = self.pods.len(),
+            containers = self.containers.len(),
+            images = self.images.list().len(),
+            "recovered state"
+        );
+        Ok(())
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn cni(&self) -> &Cni {
+        &self.cni
+    }
+
+    fn pod_state_dir(&self, id: &str) -> PathBuf {
+        self.state_dir.join("pods").join(id)
+    }
+
+    fn pod_run_dir(&self, id: &str) -> PathBuf {
+        self.run_dir.join("pods").join(id)
+    }
+
+    fn container_state_dir(&self, id: &str) -> PathBuf {
+        self.state_dir.join("containers").join(id)
+    }
+
+    fn container_run_dir(&self, id: &str) -> PathBuf {
+        self.run_dir.join("c").join(id)
+    }
+
+    /// Why this host cannot run containers with sycri's engine, if it cannot.
+    pub fn not_ready(&self) -> Option<String> {
+        let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+        for needed in ["squashfs", "overlay"] {
+            if !fs
+                .lines()
+                .any(|l| l.split_whitespace().last() == Some(needed))
+            {
+                return Some(format!("the kernel has no {needed} filesystem"));
+            }
+        }
+        if !Path::new("/dev/loop-control").exists() {
+            return Some("/dev/loop-control is missing (no loop device support)".into());
+        }
+        for d in [&self.run_dir, &self.state_dir] {
+            if !d.is_dir() {
+                return Some(format!("{} is missing", d.display()));
+            }
+        }
+        None
+    }
+}
