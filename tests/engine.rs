@@ -48,6 +48,7 @@ fn engine_from_another_build_is_refused() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start sycri");
+    keep_child(child.id());
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(st) = child.try_wait().expect("wait") {
@@ -60,7 +61,9 @@ fn engine_from_another_build_is_refused() {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    let pid = child.id();
     let out = child.wait_with_output().expect("output");
+    untrack(pid);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -13,6 +13,8 @@ mod pods;
 mod pull;
 mod resources;
 mod stream;
+#[cfg(test)]
+mod tests;
 
 pub use container_spec::limits;
 pub use containers::ContainerInfo;

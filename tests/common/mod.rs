@@ -201,7 +201,16 @@ impl Drop for Server {
     }
 }
 
-fn untrack(pid: u32) {
+/// A child the test waits for itself (a server it started by hand): the
+/// harness's reaper must leave its exit to the test.
+pub fn keep_child(pid: u32) {
+    if let Ok(mut v) = SERVER_PIDS.lock() {
+        v.push(pid);
+    }
+}
+
+/// The test is done with a child it kept.
+pub fn untrack(pid: u32) {
     if let Ok(mut v) = SERVER_PIDS.lock() {
         v.retain(|p| *p != pid);
     }

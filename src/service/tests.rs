@@ -1,0 +1,593 @@
+//! Service-level tests on the fake engine: the order in which operations
+//! call the engine, what every failure path leaves (nothing), which
+//! overlapping operations are refused, serialized or let run, and that reads
+//! never wait for an operation. No root needed; the busybox SIF fixture is
+//! read (not mounted) as the image.
+
+use super::Runtime;
+use crate::config::Config;
+use crate::engine::fake::FakeEngine;
+use crate::engine::Reaper;
+use crate::error::Error;
+use crate::proto::cri;
+use crate::store::container::State;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn fixture(test: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("SYCRI_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/sif"));
+    let f = dir.join("busybox_amd64.sif");
+    if f.exists() {
+        Some(f)
+    } else {
+        eprintln!(
+            "SKIPPED {test}: SIF fixtures not found (set SYCRI_FIXTURES or provide ../shared)"
+        );
+        None
+    }
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    engine: Arc<FakeEngine>,
+    rt: Arc<Runtime>,
+    image: String,
+}
+
+impl Env {
+    fn config(dir: &Path) -> Config {
+        let cni = dir.join("cni");
+        let _ = std::fs::create_dir_all(&cni);
+        Config {
+            storage_dir: dir.join("store"),
+            run_dir: dir.join("run"),
+            cni_conf_dir: cni,
+            ..Config::default()
+        }
+    }
+
+    async fn new(test: &str) -> Option<Env> {
+        let sif = fixture(test)?;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Arc::new(FakeEngine::default());
+        let rt = Runtime::open(
+            Env::config(dir.path()),
+            engine.clone(),
+            Reaper::default(),
+            None,
+        )
+        .expect("open");
+        let image = sif.to_string_lossy().into_owned();
+        rt.pull_image(&image, None).await.expect("pull");
+        Some(Env {
+            dir,
+            engine,
+            rt,
+            image,
+        })
+    }
+
+    /// A new server on the same directories and the same (fake) host.
+    fn restart(&mut self) {
+        self.rt = Runtime::open(
+            Env::config(self.dir.path()),
+            self.engine.clone(),
+            Reaper::default(),
+            None,
+        )
+        .expect("reopen");
+    }
+
+    async fn pod(&self, name: &str) -> String {
+        self.rt.run_pod(pod_request(name)).await.expect("run pod")
+    }
+
+    fn container_request(
+        &self,
+        pod: &str,
+        name: &str,
+        args: &[&str],
+    ) -> cri::CreateContainerRequest {
+        cri::CreateContainerRequest {
+            pod_sandbox_id: pod.to_string(),
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: name.into(),
+                    attempt: 0,
+                }),
+                image: Some(cri::ImageSpec {
+                    image: self.image.clone(),
+                    ..Default::default()
+                }),
+                command: args.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            }),
+            sandbox_config: None,
+        }
+    }
+
+    async fn container(&self, pod: &str, name: &str, args: &[&str]) -> String {
+        self.rt
+            .create_container(self.container_request(pod, name, args))
+            .await
+            .expect("create container")
+    }
+
+    fn state(&self, id: &str) -> State {
+        self.rt
+            .container_status(id, false)
+            .expect("status")
+            .status
+            .state
+    }
+
+    fn init(&self, id: &str) -> i32 {
+        self.rt
+            .container_status(id, false)
+            .expect("status")
+            .container
+            .meta
+            .init
+            .expect("init")
+            .pid
+    }
+
+    fn state_dirs(&self, kind: &str) -> Vec<String> {
+        let d = self.dir.path().join("store/state").join(kind);
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Nothing of any pod or container is left: on the host, on disk, in memory.
+    fn assert_empty(&self) {
+        assert_eq!(self.engine.mounts(), Vec::<PathBuf>::new(), "mounts left");
+        assert_eq!(self.engine.cgroups(), Vec::<PathBuf>::new(), "cgroups left");
+        assert_eq!(
+            self.engine.sandboxes(),
+            Vec::<PathBuf>::new(),
+            "namespaces left"
+        );
+        assert_eq!(self.engine.live(), Vec::<i32>::new(), "processes left");
+        assert!(
+            self.state_dirs("containers").is_empty(),
+            "container state left"
+        );
+        assert!(self.state_dirs("pods").is_empty(), "pod state left");
+        assert!(self.rt.list_containers().is_empty());
+        assert!(self.rt.list_pods().is_empty());
+    }
+}
+
+fn pod_request(name: &str) -> cri::RunPodSandboxRequest {
+    cri::RunPodSandboxRequest {
+        config: Some(cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            linux: Some(cri::LinuxPodSandboxConfig::default()),
+            ..Default::default()
+        }),
+        runtime_handler: String::new(),
+    }
+}
+
+/// Whether `want` appears in `calls` in this order (other calls between).
+fn in_order(calls: &[String], want: &[&str]) -> bool {
+    let mut it = calls.iter();
+    want.iter().all(|w| it.any(|c| c.starts_with(w)))
+}
+
+#[tokio::test]
+async fn a_container_life_calls_the_engine_in_order_and_leaves_nothing() {
+    let Some(env) = Env::new("a_container_life_calls_the_engine_in_order").await else {
+        return;
+    };
+    let pod = env.pod("web").await;
+    let id = env.container(&pod, "app", &["sleep", "1000"]).await;
+    let init = env.init(&id);
+    assert_eq!(env.state(&id), State::Created);
+    env.rt.start_container(&id).await.expect("start");
+    assert_eq!(env.state(&id), State::Running);
+    env.rt.stop_container(&id, 5).await.expect("stop");
+    assert_eq!(env.state(&id), State::Exited);
+    let st = env.rt.container_status(&id, false).expect("status").status;
+    assert_eq!(st.exit.map(|e| e.signal), Some(Some(libc::SIGTERM)));
+    env.rt.remove_container(&id).await.expect("remove");
+    env.rt.stop_pod(&pod).await.expect("stop pod");
+    env.rt.remove_pod(&pod).await.expect("remove pod");
+    let calls = env.engine.calls();
+    assert!(
+        in_order(
+            &calls,
+            &[
+                "mount_shm",
+                "run_sandbox",
+                "mount_image",
+                "create_cgroups",
+                "spawn_monitor",
+                "start",
+                &format!("signal {init} {}", libc::SIGTERM),
+                "kill_cgroups",
+                "remove_cgroups",
+                "unmount",
+                "release_sandbox",
+            ]
+        ),
+        "{calls:#?}"
+    );
+    // The image mount comes before the cgroups, and these before the monitor:
+    // nothing of the container runs before its limits exist.
+    let m = env.engine.methods();
+    let pos = |name: &str| m.iter().position(|x| x == name).unwrap_or(usize::MAX);
+    assert!(pos("mount_image") < pos("create_cgroups"));
+    assert!(pos("create_cgroups") < pos("spawn_monitor"));
+    env.assert_empty();
+}
+
+#[tokio::test]
+async fn every_failed_step_of_create_container_is_undone() {
+    let Some(env) = Env::new("every_failed_step_of_create_container_is_undone").await else {
+        return;
+    };
+    let pod = env.pod("web").await;
+    // The pod's own init (it has a pid namespace of its own).
+    let pod_procs = env.engine.live();
+    for step in ["mount_image", "create_cgroups", "spawn_monitor"] {
+        env.engine.fail_next(step);
+        let err = env
+            .rt
+            .create_container(env.container_request(&pod, "app", &["sleep", "1"]))
+            .await;
+        assert!(
+            matches!(err, Err(Error::Internal(_))),
+            "{step}: {:?}",
+            err.err()
+        );
+        assert!(env.rt.list_containers().is_empty(), "{step}: listed");
+        assert!(
+            env.state_dirs("containers").is_empty(),
+            "{step}: state dir left"
+        );
+        assert!(env.engine.cgroups().is_empty(), "{step}: cgroups left");
+        // Only the pod's shm is mounted: the image went with its last user.
+        assert_eq!(
+            env.engine.mounts().len(),
+            1,
+            "{step}: {:?}",
+            env.engine.mounts()
+        );
+        assert_eq!(env.engine.live(), pod_procs, "{step}: processes left");
+    }
+    // The name was released each time: the same container can be made now.
+    let id = env.container(&pod, "app", &["sleep", "1"]).await;
+    env.rt.remove_container(&id).await.expect("remove");
+    env.rt.remove_pod(&pod).await.expect("remove pod");
+    env.assert_empty();
+}
+
+#[tokio::test]
+async fn every_failed_step_of_run_pod_is_undone() {
+    let Some(env) = Env::new("every_failed_step_of_run_pod_is_undone").await else {
+        return;
+    };
+    for step in ["mount_shm", "run_sandbox", "apply_sysctls"] {
+        env.engine.fail_next(step);
+        let mut req = pod_request("web");
+        if let Some(l) = req.config.as_mut().and_then(|c| c.linux.as_mut()) {
+            l.sysctls
+                .insert("net.ipv4.ping_group_range".into(), "0 0".into());
+            // A shared pid namespace: the pod has an init to end too.
+            l.security_context = Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: cri::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        let err = env.rt.run_pod(req).await;
+        assert!(err.is_err(), "{step}");
+        env.assert_empty();
+    }
+    // And the name is free again.
+    let pod = env.pod("web").await;
+    env.rt.remove_pod(&pod).await.expect("remove pod");
+    env.assert_empty();
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_before_anything_is_made() {
+    let Some(env) = Env::new("bad_requests_are_refused_before_anything_is_made").await else {
+        return;
+    };
+    let pod = env.pod("web").await;
+    let before = env.engine.calls().len();
+    let mut bad_oom = env.container_request(&pod, "a", &["true"]);
+    if let Some(c) = bad_oom.config.as_mut() {
+        c.linux = Some(cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources {
+                oom_score_adj: 5000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    let mut bad_device = env.container_request(&pod, "b", &["true"]);
+    if let Some(c) = bad_device.config.as_mut() {
+        c.devices = vec![cri::Device {
+            container_path: "/dev/x".into(),
+            host_path: "/nonexistent/device".into(),
+            permissions: "rw".into(),
+        }];
+    }
+    let mut bad_profile = env.container_request(&pod, "c", &["true"]);
+    if let Some(c) = bad_profile.config.as_mut() {
+        c.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                seccomp: Some(cri::SecurityProfile {
+                    profile_type: cri::security_profile::ProfileType::Localhost as i32,
+                    localhost_ref: "/nonexistent/profile.json".into(),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    let mut bad_target = env.container_request(&pod, "d", &["true"]);
+    if let Some(c) = bad_target.config.as_mut() {
+        c.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: cri::NamespaceMode::Target as i32,
+                    target_id: "nosuchcontainer".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    for (req, want) in [
+        (bad_oom, "InvalidArgument"),
+        (bad_device, "NotFound"),
+        (bad_profile, "NotFound"),
+        (bad_target, "NotFound"),
+    ] {
+        let e = env.rt.create_container(req).await.err();
+        let got = match &e {
+            Some(Error::InvalidArgument(_)) => "InvalidArgument",
+            Some(Error::NotFound(_)) => "NotFound",
+            _ => "other",
+        };
+        assert_eq!(got, want, "{e:?}");
+    }
+    let made: Vec<String> = env.engine.calls()[before..].to_vec();
+    assert!(made.is_empty(), "the engine was asked to do {made:?}");
+    env.rt.remove_pod(&pod).await.expect("remove pod");
+    env.assert_empty();
+}
+
+#[tokio::test]
+async fn reads_answer_while_a_long_stop_waits() {
+    let Some(env) = Env::new("reads_answer_while_a_long_stop_waits").await else {
+        return;
+    };
+    let pod = env.pod("web").await;
+    let stubborn = env.container(&pod, "stubborn", &["ignore-term"]).await;
+    let other = env.container(&pod, "other", &["sleep", "1000"]).await;
+    for id in [&stubborn, &other] {
+        env.rt.start_container(id).await.expect("start");
+    }
+    let done: Arc<Mutex<Vec<&'static str>>> = Arc::default();
+    let (rt, id, d) = (env.rt.clone(), stubborn.clone(), done.clone());
+    let stop = tokio::spawn(async move {
+        let r = rt.stop_container(&id, 30).await;
+        d.lock().expect("lock").push("stop 30 s");
+        r
+    });
+    // The stop has sent its signal and waits.
+    for _ in 0..200 {
+        if env.state(&stubborn) == State::Stopping {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(env.state(&stubborn), State::Stopping);
+    assert_eq!(env.rt.list_containers().len(), 2);
+    assert!(env.rt.container_status(&stubborn, true).is_ok());
+    assert!(env.rt.container_status(&other, false).is_ok());
+    assert_eq!(env.rt.list_container_usage(|_| true).await.len(), 2);
+    assert_eq!(env.rt.list_pods().len(), 1);
+    let info = env.rt.pod_status(&pod, true).await.expect("pod status");
+    assert!(info.status.ready);
+    done.lock().expect("lock").push("reads");
+    assert!(!stop.is_finished());
+    // A second stop with no grace period ends it; both stops return.
+    done.lock().expect("lock").push("stop 0 s begins");
+    env.rt.stop_container(&stubborn, 0).await.expect("kill");
+    stop.await.expect("join").expect("stop");
+    let order = done.lock().expect("lock").clone();
+    assert_eq!(order, vec!["reads", "stop 0 s begins", "stop 30 s"]);
+    let st = env
+        .rt
+        .container_status(&stubborn, false)
+        .expect("status")
+        .status;
+    assert_eq!(st.exit.map(|e| e.signal), Some(Some(libc::SIGKILL)));
+    env.rt.remove_pod(&pod).await.expect("remove pod");
+    env.assert_empty();
+}
+
+#[tokio::test]
+async fn overlapping_starts_and_removes_are_serialized() {
+    let Some(env) = Env::new("overlapping_starts_and_removes_are_serialized").await else {
+        return;
+    };
+    let pod = env.pod("web").await;
+    let id = env.container(&pod, "app", &["sleep", "1000"]).await;
+    env.engine.delay_start(Duration::from_millis(100));
+    let (a, b) = tokio::join!(env.rt.start_container(&id), env.rt.start_container(&id));
+    let oks = [&a, &b].iter().filter(|r| r.is_ok()).count();
+    assert_eq!(oks, 1, "{a:?} {b:?}");
+    let refused = [a, b].into_iter().find_map(|r| r.err());
+    assert!(
+        matches!(&refused, Some(Error::FailedPrecondition(m)) if m.contains("already running")),
+        "{refused:?}"
+    );
+    // The monitor was asked to start once.
+    assert_eq!(
+        env.engine
+            .methods()
+            .iter()
+            .filter(|m| *m == "start")
+            .count(),
+        1
+    );
+    // Two removes at once: both succeed, the container goes once.
+    let (a, b) = tokio::join!(env.rt.remove_container(&id), env.rt.remove_container(&id));
+    assert!(a.is_ok() && b.is_ok(), "{a:?} {b:?}");
+    assert_eq!(
+        env.engine
+            .methods()
+            .iter()
+            .filter(|m| *m == "remove_cgroups")
+            .count(),
+        1
+    );
+    assert!(matches!(
+        env.rt.start_container(&id).await,
+        Err(Error::NotFound(_))
+    ));
+    env.rt.remove_pod(&pod).await.expect("remove pod");
+    env.assert_empty();
+}
+
+#[tokio::test]
+async fn remove_ends_a_stop_in_progress() {
+    let Some(env) = Env::new("remove_ends_a_stop_in_progress").await else {
+        return;
+    };
+    let pod = env.pod("web").await;
+    let id = env.container(&pod, "stubborn", &["ignore-term"]).await;
+    env.rt.start_container(&id).await.expect("start");
+    let (rt, id2) = (env.rt.clone(), id.clone());
+    let stop = tokio::spawn(async move { rt.stop_container(&id2, 30).await });
+    while env.state(&id) != State::Stopping {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    env.rt.remove_container(&id).await.expect("remove");
+    stop.await.expect("join").expect("stop");
+    assert!(env.rt.list_containers().is_empty());
+    env.rt.remove_pod(&pod).await.expect("remove pod");
+    env.assert_empty();
+}
+
+#[tokio::test]
+async fn exited_containers_refuse_what_needs_them_running() {
+    let Some(env) = Env::new("exited_containers_refuse_what_needs_them_running").await else {
+        return;
+    };
+    let pod = env.pod("web").await;
+    let id = env.container(&pod, "app", &["sleep", "1000"]).await;
+    env.rt.start_container(&id).await.expect("start");
+    env.engine.exit(env.init(&id), 3, None);
+    for _ in 0..200 {
+        if env.state(&id) == State::Exited {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let st = env.rt.container_status(&id, false).expect("status").status;
+    assert_eq!(st.state, State::Exited);
+    assert_eq!(st.exit.map(|e| e.exit_code), Some(3));
+    assert!(!st.lost);
+    let precondition = |r: crate::error::Result<()>| matches!(r, Err(Error::FailedPrecondition(_)));
+    assert!(precondition(env.rt.start_container(&id).await));
+    assert!(precondition(env.rt.reopen_log(&id).await));
+    assert!(precondition(
+        env.rt
+            .update_container_resources(&id, Some(cri::LinuxContainerResources::default()))
+            .await
+    ));
+    assert!(matches!(
+        env.rt.exec_sync(&id, vec!["true".into()], 0).await,
+        Err(Error::FailedPrecondition(_))
+    ));
+    // Stopping an exited container is fine and does nothing.
+    let n = env.engine.calls().len();
+    env.rt.stop_container(&id, 10).await.expect("stop");
+    assert_eq!(env.engine.calls().len(), n);
+    env.rt.remove_pod(&pod).await.expect("remove pod");
+    env.assert_empty();
+}
+
+#[tokio::test]
+async fn a_restarted_server_finds_containers_and_the_exits_it_missed() {
+    let Some(mut env) =
+        Env::new("a_restarted_server_finds_containers_and_the_exits_it_missed").await
+    else {
+        return;
+    };
+    let pod = env.pod("web").await;
+    let gone = env.container(&pod, "gone", &["sleep", "1000"]).await;
+    let runs = env.container(&pod, "runs", &["sleep", "1000"]).await;
+    let lost = env.container(&pod, "lost", &["sleep", "1000"]).await;
+    for id in [&gone, &runs, &lost] {
+        env.rt.start_container(id).await.expect("start");
+    }
+    let gone_pid = env.init(&gone);
+    let lost_monitor = env
+        .rt
+        .container_status(&lost, false)
+        .expect("status")
+        .container
+        .meta
+        .monitor
+        .expect("monitor")
+        .pid;
+    env.restart();
+    // While no server ran: one container exited, one lost its monitor.
+    env.engine.exit(gone_pid, 7, None);
+    env.engine.exit(lost_monitor, 0, None);
+    for _ in 0..200 {
+        if env.state(&gone) == State::Exited && env.state(&lost) == State::Exited {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(env.rt.list_containers().len(), 3);
+    assert_eq!(env.rt.list_pods().len(), 1);
+    let st = env
+        .rt
+        .container_status(&gone, false)
+        .expect("status")
+        .status;
+    assert_eq!(st.exit.as_ref().map(|e| e.exit_code), Some(7));
+    assert!(!st.lost);
+    let st = env
+        .rt
+        .container_status(&lost, false)
+        .expect("status")
+        .status;
+    assert!(st.lost, "{st:?}");
+    assert_eq!(env.state(&runs), State::Running);
+    // The new server drives the running one as the old one did.
+    env.rt.stop_container(&runs, 5).await.expect("stop");
+    assert_eq!(env.state(&runs), State::Exited);
+    env.rt.remove_pod(&pod).await.expect("remove pod");
+    env.assert_empty();
+}
