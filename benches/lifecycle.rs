@@ -20,14 +20,18 @@
 //! this build; SYCRI_BENCH_ENGINE names another. Otherwise the server picks its
 //! engine itself. The figures name the binary a monitor ran and its linking.
 
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+mod common;
+
+use common::{
+    connect, exe_and_linking, kb_field, mb, ms, pct, processes_under, rss_kb, status_kb, Res,
+    Server,
+};
+use std::path::Path;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use sycri::proto::cri;
 use sycri::proto::cri::image_service_client::ImageServiceClient;
 use sycri::proto::cri::runtime_service_client::RuntimeServiceClient;
-use tonic::transport::{Channel, Endpoint};
 
 const ROUNDS: usize = 20;
 /// Rounds run first and not counted: the first pod and container pay for
@@ -46,29 +50,11 @@ const RPCS: [&str; 7] = [
     "RemovePodSandbox",
 ];
 
-type Res<T> = Result<T, String>;
-
 fn main() -> ExitCode {
-    // SAFETY: geteuid takes no arguments and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        println!(
-            "lifecycle bench: SKIPPED, needs root (loop devices, mounts, namespaces): \
-             run `cargo bench --bench lifecycle` as root"
-        );
-        return ExitCode::SUCCESS;
-    }
-    let Some(sif) = fixture() else {
-        println!(
-            "lifecycle bench: SKIPPED, busybox SIF fixture not found \
-             (set SYCRI_FIXTURES or provide ../shared/fixtures/sif)"
-        );
+    let Some(sif) = common::preflight("lifecycle") else {
         return ExitCode::SUCCESS;
     };
-    let rounds = std::env::var("SYCRI_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(ROUNDS);
+    let rounds = common::env_num("SYCRI_BENCH_ROUNDS", ROUNDS);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -86,256 +72,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn fixture() -> Option<PathBuf> {
-    let dir = std::env::var_os("SYCRI_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/sif"));
-    let name = if cfg!(target_arch = "aarch64") {
-        "busybox_arm64.sif"
-    } else {
-        "busybox_amd64.sif"
-    };
-    dir.join(name).canonicalize().ok()
-}
-
-/// The helper binary to give the server: $SYCRI_BENCH_ENGINE, else the static
-/// build of scripts/build-engine.sh when it matches these sources.
-fn engine() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("SYCRI_BENCH_ENGINE") {
-        return Some(PathBuf::from(p));
-    }
-    let host = if cfg!(target_arch = "aarch64") {
-        "aarch64-unknown-linux-gnu"
-    } else {
-        "x86_64-unknown-linux-gnu"
-    };
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_sycri"));
-    // <target>/release/sycri -> <target>/<host>/release/sycri-engine
-    let path = exe
-        .parent()?
-        .parent()?
-        .join(host)
-        .join("release/sycri-engine");
-    let out = Command::new(&path)
-        .arg(sycri_native::ENGINE_BUILD_ARG)
-        .output()
-        .ok()?;
-    if String::from_utf8_lossy(&out.stdout).trim() == sycri_native::ENGINE_BUILD {
-        Some(path)
-    } else {
-        println!(
-            "note: {} is from another build; run scripts/build-engine.sh to measure the static engine",
-            path.display()
-        );
-        None
-    }
-}
-
-/// The binary a process runs, and whether it is dynamically linked (the
-/// dynamic loader is mapped).
-fn exe_and_linking(pid: i32) -> String {
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "?".into());
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-    let linking = if maps.contains("/ld-linux") {
-        "dynamic"
-    } else {
-        "static"
-    };
-    format!("{exe} ({linking})")
-}
-
-/// The server under test and its private directories; cleans up on drop.
-struct Server {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl Server {
-    fn start() -> Res<(Server, PathBuf)> {
-        // A short path: unix socket paths are limited to 108 bytes.
-        let dir = tempfile::Builder::new()
-            .prefix("syb")
-            .tempdir_in("/tmp")
-            .map_err(|e| format!("temp dir: {e}"))?;
-        let d = dir.path();
-        // An empty config file, so that /etc/sycri/sycri.toml does not apply.
-        let config = d.join("sycri.toml");
-        std::fs::write(&config, "").map_err(|e| format!("write {}: {e}", config.display()))?;
-        // Pods on loopback only unless SYCRI_BENCH_CNI_CONF_DIR names a network:
-        // the machine's /etc/cni/net.d does not apply.
-        let cni = match std::env::var_os("SYCRI_BENCH_CNI_CONF_DIR") {
-            Some(dir) => PathBuf::from(dir),
-            None => d.join("cni"),
-        };
-        std::fs::create_dir_all(&cni).map_err(|e| format!("{}: {e}", cni.display()))?;
-        let sock = d.join("cri.sock");
-        let log =
-            std::fs::File::create(d.join("server.log")).map_err(|e| format!("server log: {e}"))?;
-        let log2 = log.try_clone().map_err(|e| format!("server log: {e}"))?;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sycri"));
-        if let Some(engine) = engine() {
-            cmd.arg("--engine-binary").arg(engine);
-        }
-        let child = cmd
-            .arg("--config")
-            .arg(&config)
-            .arg("--listen")
-            .arg(format!("unix://{}", sock.display()))
-            .arg("--storage-dir")
-            .arg(d.join("store"))
-            .arg("--run-dir")
-            .arg(d.join("run"))
-            .arg("--cni-conf-dir")
-            .arg(&cni)
-            .arg("--log-level")
-            .arg("info")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("start {}: {e}", env!("CARGO_BIN_EXE_sycri")))?;
-        Ok((
-            Server {
-                dir,
-                child: Some(child),
-            },
-            sock,
-        ))
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-    }
-
-    /// SIGTERM, as a service manager would stop it; waits without blocking the
-    /// runtime (the server's graceful shutdown waits for our connection to go).
-    async fn terminate(&mut self) -> (Option<std::process::ExitStatus>, Duration) {
-        let Some(mut c) = self.child.take() else {
-            return (None, Duration::ZERO);
-        };
-        let t = Instant::now();
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        while t.elapsed() < Duration::from_secs(30) {
-            if let Ok(Some(st)) = c.try_wait() {
-                return (Some(st), t.elapsed());
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-        (None, t.elapsed())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // Whatever a failed run left: helpers, then mounts, deepest first.
-        let d = self.dir.path();
-        for (pid, _) in processes_under(d) {
-            // SAFETY: kill(2) on a helper of the server we started.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut mounts: Vec<PathBuf> = info
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .map(PathBuf::from)
-            .filter(|p| p.starts_with(d))
-            .collect();
-        mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        for m in mounts {
-            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-}
-
-async fn connect(sock: &Path, server: &mut Server) -> Res<Channel> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !sock.exists() {
-        if let Some(Ok(Some(st))) = server.child.as_mut().map(|c| c.try_wait()) {
-            return Err(format!("sycri exited ({st}); log:\n{}", server.log()));
-        }
-        if Instant::now() > deadline {
-            return Err(format!("no socket after 20 s; log:\n{}", server.log()));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let sock = sock.to_path_buf();
-    Endpoint::try_from("http://sycri.invalid")
-        .map_err(|e| e.to_string())?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let sock = sock.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(sock).await?,
-                ))
-            }
-        }))
-        .await
-        .map_err(|e| format!("connect: {e}"))
-}
-
-/// Live processes whose command line mentions `dir` (the server's helpers).
-fn processes_under(dir: &Path) -> Vec<(i32, Vec<String>)> {
-    let needle = dir.to_string_lossy().into_owned();
-    let mut v = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return v;
-    };
-    for e in rd.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmd
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.iter().any(|a| a.contains(&needle)) && rss_kb(pid).is_some() {
-            v.push((pid, args));
-        }
-    }
-    v
-}
-
-/// VmRSS in kB; None for a zombie or a process that is gone.
-fn rss_kb(pid: i32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-}
-
-fn status_kb(pid: u32, key: &str) -> Option<u64> {
-    kb_field(&format!("/proc/{pid}/status"), key)
-}
-
-/// A `Key:   123 kB` line of a /proc file.
-fn kb_field(path: &str, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
 }
 
 fn pod_config(i: usize, log_dir: &Path) -> cri::PodSandboxConfig {
@@ -369,22 +105,6 @@ fn container_config(image: &str) -> cri::ContainerConfig {
         linux: Some(cri::LinuxContainerConfig::default()),
         ..Default::default()
     }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// Nearest-rank percentile of unsorted samples.
-fn pct(samples: &[Duration], p: f64) -> f64 {
-    let mut v = samples.to_vec();
-    v.sort();
-    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
-    v.get(rank - 1).map(|d| ms(*d)).unwrap_or(f64::NAN)
-}
-
-fn mb(kb: u64) -> String {
-    format!("{:.2} MB ({kb} kB)", kb as f64 / 1024.0)
 }
 
 async fn run(sif: &Path, rounds: usize) -> Res<()> {
@@ -532,20 +252,14 @@ async fn run(sif: &Path, rounds: usize) -> Res<()> {
     println!(
         "sycri lifecycle bench: {rounds} rounds (+{WARMUP} warm-up not counted), \
          {} cores, release build, image {}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
+        common::cores(),
         sif.file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     );
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "load average during the run (1, 5, 15 min): {}",
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
+        common::loadavg()
     );
     println!("PullImage (once): {:.1} ms", ms(pull));
     println!("{:<34} {:>9} {:>9}", "RPC", "p50 ms", "p90 ms");
