@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod container;
 pub mod crilog;
 pub mod exec;
+pub mod failure;
 pub mod loopdev;
 pub mod monitor;
 pub mod mounts;

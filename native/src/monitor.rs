@@ -17,7 +17,8 @@
 
 use crate::container;
 use crate::crilog::{CriLog, Stream};
-use crate::spec::{ContainerSpec, ExitStatus, Failure, FailureKind, NsMode};
+use crate::failure::{Failure, FailureKind};
+use crate::spec::{ContainerSpec, ExitStatus, NsMode};
 use crate::util::{now_ns, redirect_to_devnull, write_atomic};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{setns, unshare, CloneFlags};
@@ -124,14 +125,6 @@ pub struct Ready {
     pub error: Option<Failure>,
 }
 
-fn fail(kind: FailureKind, what: &str, e: impl std::fmt::Display) -> Failure {
-    Failure::new(kind, format!("{what}: {e}"))
-}
-
-fn internal(what: &str, e: impl std::fmt::Display) -> Failure {
-    fail(FailureKind::Internal, what, e)
-}
-
 struct Stdio {
     /// Ends the container gets as fds 0, 1, 2.
     child: [Option<OwnedFd>; 3],
@@ -145,14 +138,18 @@ struct Stdio {
 fn make_stdio(spec: &ContainerSpec) -> Result<Stdio, Failure> {
     let p = &spec.process;
     if p.tty {
-        let pty = nix::pty::openpty(None, None).map_err(|e| internal("openpty", e))?;
+        let pty = nix::pty::openpty(None, None).map_err(|e| Failure::internal("openpty", e))?;
         let slave = pty.slave;
-        let s1 = slave.try_clone().map_err(|e| internal("dup", e))?;
-        let s2 = slave.try_clone().map_err(|e| internal("dup", e))?;
+        let s1 = slave.try_clone().map_err(|e| Failure::internal("dup", e))?;
+        let s2 = slave.try_clone().map_err(|e| Failure::internal("dup", e))?;
         let master = pty.master;
         set_cloexec(master.as_raw_fd());
         let stdin = if p.stdin {
-            Some(master.try_clone().map_err(|e| internal("dup", e))?)
+            Some(
+                master
+                    .try_clone()
+                    .map_err(|e| Failure::internal("dup", e))?,
+            )
         } else {
             None
         };
@@ -165,13 +162,13 @@ fn make_stdio(spec: &ContainerSpec) -> Result<Stdio, Failure> {
         });
     }
     let flags = nix::fcntl::OFlag::O_CLOEXEC;
-    let (out_r, out_w) = pipe2(flags).map_err(|e| internal("pipe", e))?;
-    let (err_r, err_w) = pipe2(flags).map_err(|e| internal("pipe", e))?;
+    let (out_r, out_w) = pipe2(flags).map_err(|e| Failure::internal("pipe", e))?;
+    let (err_r, err_w) = pipe2(flags).map_err(|e| Failure::internal("pipe", e))?;
     let (in_child, in_ours) = if p.stdin {
-        let (r, w) = pipe2(flags).map_err(|e| internal("pipe", e))?;
+        let (r, w) = pipe2(flags).map_err(|e| Failure::internal("pipe", e))?;
         (r, Some(w))
     } else {
-        let null = File::open("/dev/null").map_err(|e| internal("open /dev/null", e))?;
+        let null = File::open("/dev/null").map_err(|e| Failure::internal("open /dev/null", e))?;
         (OwnedFd::from(null), None)
     };
     Ok(Stdio {
@@ -201,16 +198,18 @@ fn set_nonblocking(fd: RawFd) {
 fn enter_pid_namespace(spec: &ContainerSpec) -> Result<(), Failure> {
     match &spec.namespaces.pid {
         NsMode::Host => Ok(()),
-        NsMode::New => unshare(CloneFlags::CLONE_NEWPID).map_err(|e| internal("unshare pid", e)),
+        NsMode::New => {
+            unshare(CloneFlags::CLONE_NEWPID).map_err(|e| Failure::internal("unshare pid", e))
+        }
         NsMode::Join(p) => {
             let f = File::open(p).map_err(|e| {
-                fail(
+                Failure::caused(
                     FailureKind::FailedPrecondition,
-                    &format!("open pid namespace {}", p.display()),
+                    format!("open pid namespace {}", p.display()),
                     e,
                 )
             })?;
-            setns(f, CloneFlags::CLONE_NEWPID).map_err(|e| internal("setns pid", e))
+            setns(f, CloneFlags::CLONE_NEWPID).map_err(|e| Failure::internal("setns pid", e))
         }
     }
 }
@@ -272,8 +271,8 @@ pub fn main(spec_path: &Path) -> i32 {
         Err(_) => return 1,
     });
     let spec: ContainerSpec = match std::fs::read(spec_path)
-        .map_err(|e| internal("read spec", e))
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| internal("parse spec", e)))
+        .map_err(|e| Failure::internal("read spec", e))
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| Failure::internal("parse spec", e)))
     {
         Ok(s) => s,
         Err(f) => {
@@ -306,17 +305,17 @@ fn run(spec: &ContainerSpec, report: &mut File) -> Result<i32, Failure> {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
     mask.thread_block()
-        .map_err(|e| internal("block SIGCHLD", e))?;
+        .map_err(|e| Failure::internal("block SIGCHLD", e))?;
     let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-        .map_err(|e| internal("signalfd", e))?;
+        .map_err(|e| Failure::internal("signalfd", e))?;
     // SAFETY: setting SIGPIPE to SIG_IGN installs no handler code.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
 
     let log = CriLog::open(spec.log_path.as_deref()).map_err(|e| {
-        internal(
-            &format!(
+        Failure::internal(
+            format!(
                 "open log file {}",
                 spec.log_path.as_deref().unwrap_or(Path::new("")).display()
             ),
@@ -324,24 +323,25 @@ fn run(spec: &ContainerSpec, report: &mut File) -> Result<i32, Failure> {
         )
     })?;
     let mut stdio = make_stdio(spec)?;
-    let (sync_r, sync_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| internal("pipe", e))?;
+    let (sync_r, sync_w) =
+        pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Failure::internal("pipe", e))?;
     let (start_r, start_w) =
-        pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| internal("pipe", e))?;
+        pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Failure::internal("pipe", e))?;
 
     let _ = std::fs::remove_file(&spec.control_socket);
     let listener = UnixListener::bind(&spec.control_socket).map_err(|e| {
-        internal(
-            &format!("bind control socket {}", spec.control_socket.display()),
+        Failure::internal(
+            format!("bind control socket {}", spec.control_socket.display()),
             e,
         )
     })?;
     listener
         .set_nonblocking(true)
-        .map_err(|e| internal("control socket", e))?;
+        .map_err(|e| Failure::internal("control socket", e))?;
 
     enter_pid_namespace(spec)?;
     // SAFETY: the monitor is single-threaded, so the child may run arbitrary code.
-    let pid = match unsafe { fork() }.map_err(|e| internal("fork", e))? {
+    let pid = match unsafe { fork() }.map_err(|e| Failure::internal("fork", e))? {
         ForkResult::Child => {
             drop(sync_r);
             drop(start_w);
@@ -367,7 +367,7 @@ fn run(spec: &ContainerSpec, report: &mut File) -> Result<i32, Failure> {
         None => {
             let status = waitpid(pid, None);
             let _ = std::fs::remove_file(&spec.control_socket);
-            return Err(internal(
+            return Err(Failure::internal(
                 "container setup",
                 format!("process ended without a report ({status:?})"),
             ));
@@ -923,7 +923,10 @@ impl Monitor<'_> {
         let mut attach_req = None;
         let resp = match serde_json::from_str::<Request>(&line) {
             Ok(Request::Start) => self.start(),
-            Ok(Request::ReopenLog) => self.log.reopen().map_err(|e| internal("reopen log", e)),
+            Ok(Request::ReopenLog) => self
+                .log
+                .reopen()
+                .map_err(|e| Failure::internal("reopen log", e)),
             Ok(Request::Attach {
                 stdin,
                 stdout,
@@ -931,7 +934,7 @@ impl Monitor<'_> {
                 tty: _,
             }) => {
                 if self.clients.len() >= MAX_CLIENTS {
-                    Err(fail(
+                    Err(Failure::caused(
                         FailureKind::FailedPrecondition,
                         "attach",
                         format!("{MAX_CLIENTS} clients are attached already"),
@@ -941,7 +944,11 @@ impl Monitor<'_> {
                     Ok(())
                 }
             }
-            Err(e) => Err(fail(FailureKind::InvalidArgument, "bad request", e)),
+            Err(e) => Err(Failure::caused(
+                FailureKind::InvalidArgument,
+                "bad request",
+                e,
+            )),
         };
         let resp = match resp {
             Ok(()) => Response {
@@ -988,19 +995,16 @@ impl Monitor<'_> {
 
     fn start(&mut self) -> Result<(), Failure> {
         let Some(mut start) = self.start.take() else {
-            return Err(Failure::new(
-                FailureKind::FailedPrecondition,
-                "container was already started",
-            ));
+            return Err(Failure::precondition("container was already started"));
         };
         start
             .write_all(b"1")
-            .map_err(|e| internal("signal the container to start", e))?;
+            .map_err(|e| Failure::internal("signal the container to start", e))?;
         drop(start);
         let mut sync = self
             .sync
             .take()
-            .ok_or_else(|| internal("start", "no sync pipe"))?;
+            .ok_or_else(|| Failure::internal("start", "no sync pipe"))?;
         match read_message(&mut sync) {
             None => Ok(()),
             Some(Ok(())) => Ok(()),

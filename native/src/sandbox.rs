@@ -3,7 +3,8 @@
 //! it outlives every process and a server restart, and, when the pod shares a
 //! pid namespace, leaves a tiny init (pid 1 of that namespace) that reaps orphans.
 
-use crate::spec::{Failure, FailureKind, SandboxSpec};
+use crate::failure::{Failure, FailureKind};
+use crate::spec::SandboxSpec;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::signal::{SigSet, Signal};
@@ -25,17 +26,14 @@ pub struct SandboxReady {
     pub error: Option<Failure>,
 }
 
-fn internal(what: &str, e: impl std::fmt::Display) -> Failure {
-    Failure::new(FailureKind::Internal, format!("{what}: {e}"))
-}
-
 /// Namespace files pinned for a pod, by name.
 pub const NS_NAMES: &[&str] = &["net", "ipc", "uts", "pid"];
 
 /// Bind-mounts `/proc/<pid>/ns/<name>` on `<dir>/<name>`.
 pub fn pin_namespace(proc_ns: &Path, dir: &Path, name: &str) -> Result<PathBuf, Failure> {
     let target = dir.join(name);
-    fs::File::create(&target).map_err(|e| internal(&format!("create {}", target.display()), e))?;
+    fs::File::create(&target)
+        .map_err(|e| Failure::internal(format!("create {}", target.display()), e))?;
     mount(
         Some(proc_ns),
         &target,
@@ -43,7 +41,7 @@ pub fn pin_namespace(proc_ns: &Path, dir: &Path, name: &str) -> Result<PathBuf, 
         MsFlags::MS_BIND,
         None::<&str>,
     )
-    .map_err(|e| internal(&format!("pin {name} namespace"), e))?;
+    .map_err(|e| Failure::internal(format!("pin {name} namespace"), e))?;
     Ok(target)
 }
 
@@ -56,7 +54,7 @@ pub fn unpin_all(dir: &Path) -> Result<(), Failure> {
         }
         match umount2(&p, MntFlags::MNT_DETACH) {
             Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-            Err(e) => return Err(internal(&format!("unpin {}", p.display()), e)),
+            Err(e) => return Err(Failure::internal(format!("unpin {}", p.display()), e)),
         }
         let _ = fs::remove_file(&p);
     }
@@ -68,7 +66,7 @@ pub fn loopback_up() -> Result<(), Failure> {
     // SAFETY: plain socket(2) call; the fd is wrapped in an OwnedFd right away.
     let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
-        return Err(internal("socket", std::io::Error::last_os_error()));
+        return Err(Failure::internal("socket", std::io::Error::last_os_error()));
     }
     // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
     let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
@@ -81,11 +79,17 @@ pub fn loopback_up() -> Result<(), Failure> {
     // lives on our stack for the duration of the calls.
     unsafe {
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
-            return Err(internal("SIOCGIFFLAGS lo", std::io::Error::last_os_error()));
+            return Err(Failure::internal(
+                "SIOCGIFFLAGS lo",
+                std::io::Error::last_os_error(),
+            ));
         }
         req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
-            return Err(internal("SIOCSIFFLAGS lo", std::io::Error::last_os_error()));
+            return Err(Failure::internal(
+                "SIOCSIFFLAGS lo",
+                std::io::Error::last_os_error(),
+            ));
         }
     }
     Ok(())
@@ -111,12 +115,8 @@ pub fn sysctl_file(name: &str) -> Option<PathBuf> {
 /// this process (net and ipc sysctls follow the writer's namespaces).
 pub fn apply_sysctls(sysctls: &std::collections::BTreeMap<String, String>) -> Result<(), Failure> {
     for (name, value) in sysctls {
-        let path = sysctl_file(name).ok_or_else(|| {
-            Failure::new(
-                FailureKind::InvalidArgument,
-                format!("invalid sysctl name {name:?}"),
-            )
-        })?;
+        let path = sysctl_file(name)
+            .ok_or_else(|| Failure::invalid(format!("invalid sysctl name {name:?}")))?;
         let mut f = fs::OpenOptions::new()
             .write(true)
             .open(&path)
@@ -152,19 +152,16 @@ fn apply_only(spec: &SandboxSpec) -> Result<(), Failure> {
         }
         let p = spec.ns_dir.join(name);
         let f = fs::File::open(&p).map_err(|e| {
-            Failure::new(
-                FailureKind::NotFound,
-                format!("pod {name} namespace {}: {e}", p.display()),
-            )
+            Failure::not_found(format!("pod {name} namespace {}: {e}", p.display()))
         })?;
-        setns(&f, flag).map_err(|e| internal(&format!("enter pod {name} namespace"), e))?;
+        setns(&f, flag).map_err(|e| Failure::internal(format!("enter pod {name} namespace"), e))?;
     }
     apply_sysctls(&spec.sysctls)
 }
 
 fn setup(spec: &SandboxSpec) -> Result<Option<i32>, Failure> {
     fs::create_dir_all(&spec.ns_dir)
-        .map_err(|e| internal(&format!("create {}", spec.ns_dir.display()), e))?;
+        .map_err(|e| Failure::internal(format!("create {}", spec.ns_dir.display()), e))?;
     let mut flags = CloneFlags::empty();
     let mut pins = Vec::new();
     for (share, flag, name) in [
@@ -177,9 +174,9 @@ fn setup(spec: &SandboxSpec) -> Result<Option<i32>, Failure> {
             pins.push(name);
         }
     }
-    unshare(flags).map_err(|e| internal("unshare", e))?;
+    unshare(flags).map_err(|e| Failure::internal("unshare", e))?;
     if spec.share_uts && !spec.hostname.is_empty() {
-        sethostname(&spec.hostname).map_err(|e| internal("sethostname", e))?;
+        sethostname(&spec.hostname).map_err(|e| Failure::internal("sethostname", e))?;
     }
     if spec.share_net {
         loopback_up()?;
@@ -191,9 +188,9 @@ fn setup(spec: &SandboxSpec) -> Result<Option<i32>, Failure> {
     if !spec.share_pid {
         return Ok(None);
     }
-    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| internal("unshare pid", e))?;
+    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| Failure::internal("unshare pid", e))?;
     // SAFETY: this helper is single-threaded, so the child may run arbitrary code.
-    match unsafe { fork() }.map_err(|e| internal("fork", e))? {
+    match unsafe { fork() }.map_err(|e| Failure::internal("fork", e))? {
         ForkResult::Child => pod_init(),
         ForkResult::Parent { child } => {
             pin_namespace(
@@ -237,9 +234,10 @@ fn pod_init() -> ! {
 /// Entry point of `sycri __sandbox <spec.json>`.
 pub fn main(spec_path: &Path) -> i32 {
     let result = fs::read(spec_path)
-        .map_err(|e| internal("read sandbox spec", e))
+        .map_err(|e| Failure::internal("read sandbox spec", e))
         .and_then(|b| {
-            serde_json::from_slice::<SandboxSpec>(&b).map_err(|e| internal("parse sandbox spec", e))
+            serde_json::from_slice::<SandboxSpec>(&b)
+                .map_err(|e| Failure::internal("parse sandbox spec", e))
         })
         .and_then(|spec| {
             if spec.apply_only {

@@ -14,15 +14,11 @@ mod stats;
 pub use resources::{apply, Resources};
 pub use stats::{oom_killed, stats, Stats};
 
-use crate::spec::{Failure, FailureKind};
+use crate::failure::Failure;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-fn internal(what: &str, e: impl std::fmt::Display) -> Failure {
-    Failure::new(FailureKind::Internal, format!("{what}: {e}"))
-}
 
 /// Controllers sycri limits or reads, by their v1 names (cpuacct is part of
 /// cpu on v2).
@@ -266,13 +262,13 @@ pub(crate) fn write_file(path: &Path, value: &str) -> Result<(), Failure> {
         .truncate(true)
         .open(path)
         .and_then(|mut f| f.write_all(value.as_bytes()))
-        .map_err(|e| internal(&format!("write {value:?} to {}", path.display()), e))
+        .map_err(|e| Failure::internal(format!("write {value:?} to {}", path.display()), e))
 }
 
 /// Creates the cgroup directory (and its parents).
 pub fn create(path: &Path) -> Result<(), Failure> {
     std::fs::create_dir_all(path)
-        .map_err(|e| internal(&format!("create cgroup {}", path.display()), e))
+        .map_err(|e| Failure::internal(format!("create cgroup {}", path.display()), e))
 }
 
 /// Moves the calling process into the cgroup.
@@ -282,7 +278,7 @@ pub fn join(path: &Path) -> Result<(), Failure> {
         .write(true)
         .open(&procs)
         .and_then(|mut f| f.write_all(b"0"))
-        .map_err(|e| internal(&format!("join cgroup {}", path.display()), e))
+        .map_err(|e| Failure::internal(format!("join cgroup {}", path.display()), e))
 }
 
 /// Pids in the cgroup.
@@ -326,7 +322,10 @@ pub fn remove(path: &Path) -> Result<(), Failure> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => {
                 if Instant::now() > deadline {
-                    return Err(internal(&format!("remove cgroup {}", path.display()), e));
+                    return Err(Failure::internal(
+                        format!("remove cgroup {}", path.display()),
+                        e,
+                    ));
                 }
                 // Busy until the killed processes are gone.
                 std::thread::sleep(Duration::from_millis(5));
@@ -339,6 +338,7 @@ pub fn remove(path: &Path) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::failure::FailureKind;
 
     const HYBRID: &str = "\
 25 1 0:23 / /sys rw - sysfs sysfs rw

@@ -3,7 +3,8 @@
 
 pub mod rootfs;
 
-use crate::spec::{ContainerSpec, Failure, FailureKind, NsMode};
+use crate::failure::{Failure, FailureKind};
+use crate::spec::{ContainerSpec, NsMode};
 use caps::{CapSet, Capability, CapsHashSet};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::unistd::{execve, sethostname, setresgid, setresuid, Gid, Uid};
@@ -15,10 +16,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 type Result<T> = std::result::Result<T, Failure>;
-
-fn internal(what: &str, e: impl std::fmt::Display) -> Failure {
-    Failure::new(FailureKind::Internal, format!("{what}: {e}"))
-}
 
 /// Capabilities a container gets by default (the set containerd and CRI-O grant).
 pub const DEFAULT_CAPABILITIES: &[&str] = &[
@@ -63,13 +60,9 @@ pub const DEFAULT_READONLY_PATHS: &[&str] = &[
 ];
 
 fn join_ns(path: &Path, flag: CloneFlags) -> Result<()> {
-    let f = File::open(path).map_err(|e| {
-        Failure::new(
-            FailureKind::FailedPrecondition,
-            format!("open namespace {}: {e}", path.display()),
-        )
-    })?;
-    setns(f, flag).map_err(|e| internal(&format!("setns {}", path.display()), e))
+    let f = File::open(path)
+        .map_err(|e| Failure::precondition(format!("open namespace {}: {e}", path.display())))?;
+    setns(f, flag).map_err(|e| Failure::internal(format!("setns {}", path.display()), e))
 }
 
 /// Enters the pod's namespaces and makes the container's own ones. The pid
@@ -87,9 +80,9 @@ pub fn enter_namespaces(spec: &ContainerSpec) -> Result<()> {
             NsMode::Join(p) => join_ns(p, flag)?,
         }
     }
-    unshare(flags).map_err(|e| internal("unshare", e))?;
+    unshare(flags).map_err(|e| Failure::internal("unshare", e))?;
     if spec.namespaces.uts == NsMode::New && !spec.hostname.is_empty() {
-        sethostname(&spec.hostname).map_err(|e| internal("sethostname", e))?;
+        sethostname(&spec.hostname).map_err(|e| Failure::internal("sethostname", e))?;
     }
     Ok(())
 }
@@ -103,12 +96,9 @@ fn parse_caps(names: &[String]) -> Result<CapsHashSet> {
         } else {
             format!("CAP_{upper}")
         };
-        let cap: Capability = full.parse().map_err(|_| {
-            Failure::new(
-                FailureKind::InvalidArgument,
-                format!("unknown capability {n:?}"),
-            )
-        })?;
+        let cap: Capability = full
+            .parse()
+            .map_err(|_| Failure::invalid(format!("unknown capability {n:?}")))?;
         set.insert(cap);
     }
     Ok(set)
@@ -130,30 +120,33 @@ pub fn drop_privileges(spec: &ContainerSpec) -> Result<()> {
     }
     // SAFETY: PR_SET_KEEPCAPS takes an integer argument and touches no memory of ours.
     if unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) } != 0 {
-        return Err(internal("PR_SET_KEEPCAPS", std::io::Error::last_os_error()));
+        return Err(Failure::internal(
+            "PR_SET_KEEPCAPS",
+            std::io::Error::last_os_error(),
+        ));
     }
     let groups: Vec<Gid> = p
         .additional_gids
         .iter()
         .map(|g| Gid::from_raw(*g))
         .collect();
-    nix::unistd::setgroups(&groups).map_err(|e| internal("setgroups", e))?;
+    nix::unistd::setgroups(&groups).map_err(|e| Failure::internal("setgroups", e))?;
     let gid = Gid::from_raw(p.gid);
-    setresgid(gid, gid, gid).map_err(|e| internal("setresgid", e))?;
+    setresgid(gid, gid, gid).map_err(|e| Failure::internal("setresgid", e))?;
     let uid = Uid::from_raw(p.uid);
-    setresuid(uid, uid, uid).map_err(|e| internal("setresuid", e))?;
+    setresuid(uid, uid, uid).map_err(|e| Failure::internal("setresuid", e))?;
     let keep_now: CapsHashSet = keep
         .iter()
         .copied()
         .filter(|c| caps::has_cap(None, CapSet::Bounding, *c).unwrap_or(false))
         .collect();
     for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
-        caps::set(None, set, &keep_now).map_err(|e| internal("capset", e))?;
+        caps::set(None, set, &keep_now).map_err(|e| Failure::internal("capset", e))?;
     }
     if p.no_new_privileges {
         // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-            return Err(internal(
+            return Err(Failure::internal(
                 "PR_SET_NO_NEW_PRIVS",
                 std::io::Error::last_os_error(),
             ));
@@ -166,8 +159,7 @@ pub fn drop_privileges(spec: &ContainerSpec) -> Result<()> {
 pub fn find_executable(cmd: &str, env: &[String]) -> Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     if cmd.is_empty() {
-        return Err(Failure::new(
-            FailureKind::InvalidArgument,
+        return Err(Failure::invalid(
             "no command to run: the request and the image give none",
         ));
     }
@@ -186,20 +178,15 @@ pub fn find_executable(cmd: &str, env: &[String]) -> Result<PathBuf> {
             }
         }
     }
-    Err(Failure::new(
-        FailureKind::InvalidArgument,
-        format!("executable file {cmd:?} not found in $PATH ({path})"),
-    ))
+    Err(Failure::invalid(format!(
+        "executable file {cmd:?} not found in $PATH ({path})"
+    )))
 }
 
 fn cstrings<'a>(it: impl Iterator<Item = &'a [u8]>) -> Result<Vec<CString>> {
     it.map(|b| {
-        CString::new(b).map_err(|_| {
-            Failure::new(
-                FailureKind::InvalidArgument,
-                "argument or environment entry contains a NUL byte",
-            )
-        })
+        CString::new(b)
+            .map_err(|_| Failure::invalid("argument or environment entry contains a NUL byte"))
     })
     .collect()
 }
@@ -209,10 +196,9 @@ fn cstrings<'a>(it: impl Iterator<Item = &'a [u8]>) -> Result<Vec<CString>> {
 /// inherited value stays, as containerd's restrict_oom_score_adj does.
 fn set_oom_score_adj(adj: i32) -> Result<()> {
     if !(-1000..=1000).contains(&adj) {
-        return Err(Failure::new(
-            FailureKind::InvalidArgument,
-            format!("oom_score_adj {adj} is outside -1000..1000"),
-        ));
+        return Err(Failure::invalid(format!(
+            "oom_score_adj {adj} is outside -1000..1000"
+        )));
     }
     match std::fs::write("/proc/self/oom_score_adj", adj.to_string()) {
         Ok(()) => Ok(()),
@@ -221,7 +207,7 @@ fn set_oom_score_adj(adj: i32) -> Result<()> {
         {
             Ok(())
         }
-        Err(e) => Err(internal("write oom_score_adj", e)),
+        Err(e) => Err(Failure::internal("write oom_score_adj", e)),
     }
 }
 
@@ -241,15 +227,16 @@ pub struct Prepared {
 pub fn prepare_exec(spec: &ContainerSpec) -> Result<Prepared> {
     let p = &spec.process;
     let cwd = if p.cwd.is_empty() { "/" } else { &p.cwd };
-    std::fs::create_dir_all(cwd).map_err(|e| internal(&format!("create working dir {cwd}"), e))?;
-    nix::unistd::chdir(cwd).map_err(|e| internal(&format!("chdir {cwd}"), e))?;
+    std::fs::create_dir_all(cwd)
+        .map_err(|e| Failure::internal(format!("create working dir {cwd}"), e))?;
+    nix::unistd::chdir(cwd).map_err(|e| Failure::internal(format!("chdir {cwd}"), e))?;
     let first = p.args.first().map(String::as_str).unwrap_or("");
     let exe_path = find_executable(first, &p.env)?;
     let argv = cstrings(p.args.iter().map(|s| s.as_bytes()))?;
     let envp = cstrings(p.env.iter().map(|s| s.as_bytes()))?;
     let exe = cstrings(std::iter::once(exe_path.as_os_str().as_bytes()))?
         .pop()
-        .ok_or_else(|| internal("exec", "empty path"))?;
+        .ok_or_else(|| Failure::internal("exec", "empty path"))?;
     if let Some(adj) = p.oom_score_adj {
         set_oom_score_adj(adj)?;
     }

@@ -3,8 +3,9 @@
 //! read-only paths, then pivot_root. Runs in the container's first process,
 //! single-threaded, before exec.
 
+use crate::failure::{Failure, FailureKind};
 use crate::resolve::{self, Create};
-use crate::spec::{BindMount, ContainerSpec, Failure, FailureKind, Propagation};
+use crate::spec::{BindMount, ContainerSpec, Propagation};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::unistd::{chdir, fchdir, pivot_root};
@@ -15,10 +16,6 @@ use std::path::{Path, PathBuf};
 
 type Result<T> = std::result::Result<T, Failure>;
 
-fn internal(what: &str, e: impl std::fmt::Display) -> Failure {
-    Failure::new(FailureKind::Internal, format!("{what}: {e}"))
-}
-
 fn do_mount(
     src: Option<&Path>,
     target: &Path,
@@ -27,8 +24,8 @@ fn do_mount(
     data: Option<&str>,
 ) -> Result<()> {
     mount(src, target, fstype, flags, data).map_err(|e| {
-        internal(
-            &format!(
+        Failure::internal(
+            format!(
                 "mount {} on {} ({})",
                 src.map(|p| p.display().to_string()).unwrap_or_default(),
                 target.display(),
@@ -58,14 +55,14 @@ pub fn build(spec: &ContainerSpec) -> Result<()> {
         // rootfs becomes a slave: whatever we mount under it (the rootfs and
         // all inside) stays ours. pivot() keeps our unmounts from the host.
         let real = fs::canonicalize(root)
-            .map_err(|e| internal(&format!("resolve {}", root.display()), e))?;
+            .map_err(|e| Failure::internal(format!("resolve {}", root.display()), e))?;
         let holder = crate::mounts::mountinfo()
-            .map_err(|e| internal("read mountinfo", e))?
+            .map_err(|e| Failure::internal("read mountinfo", e))?
             .into_iter()
             .map(|m| m.mount_point)
             .filter(|mp| real.starts_with(mp))
             .max_by_key(|mp| mp.components().count())
-            .ok_or_else(|| internal("find the mount of the rootfs", real.display()))?;
+            .ok_or_else(|| Failure::internal("find the mount of the rootfs", real.display()))?;
         do_mount(None, &holder, None, MsFlags::MS_SLAVE, None)?;
     } else {
         // Nothing we mount may leak back to the host, but host mounts may still
@@ -82,7 +79,8 @@ pub fn build(spec: &ContainerSpec) -> Result<()> {
     let upper = spec.layer_dir.join("upper");
     let work = spec.layer_dir.join("work");
     for d in [&upper, &work] {
-        fs::create_dir_all(d).map_err(|e| internal(&format!("create {}", d.display()), e))?;
+        fs::create_dir_all(d)
+            .map_err(|e| Failure::internal(format!("create {}", d.display()), e))?;
     }
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
@@ -116,11 +114,11 @@ pub fn build(spec: &ContainerSpec) -> Result<()> {
 
 fn mkdir_in(root: &Path, rel: &str) -> Result<PathBuf> {
     let fd = resolve::open_in_root(root, Path::new(rel), Create::Dir)
-        .map_err(|e| Failure::new(FailureKind::InvalidArgument, e.to_string()))?;
+        .map_err(|e| Failure::invalid(e.to_string()))?;
     let p = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
     // Keep the fd alive for as long as the path is used: leak it into the returned
     // path's lifetime by converting to a real path instead.
-    let real = fs::read_link(&p).map_err(|e| internal("readlink", e))?;
+    let real = fs::read_link(&p).map_err(|e| Failure::internal("readlink", e))?;
     drop(fd);
     Ok(real)
 }
@@ -152,7 +150,7 @@ fn mount_proc_sys(spec: &ContainerSpec, root: &Path) -> Result<()> {
         None::<&str>,
     ) {
         if e != nix::errno::Errno::EPERM {
-            return Err(internal("mount sysfs", e));
+            return Err(Failure::internal("mount sysfs", e));
         }
         do_mount(
             Some(Path::new("/sys")),
@@ -206,7 +204,8 @@ fn mount_dev(spec: &ContainerSpec, root: &Path) -> Result<()> {
     )?;
     for (name, major, minor) in DEVICES {
         let p = dev.join(name);
-        fs::File::create(&p).map_err(|e| internal(&format!("create {}", p.display()), e))?;
+        fs::File::create(&p)
+            .map_err(|e| Failure::internal(format!("create {}", p.display()), e))?;
         let host = Path::new("/dev").join(name);
         let is_device = fs::metadata(&host).is_ok_and(|m| {
             use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -217,7 +216,7 @@ fn mount_dev(spec: &ContainerSpec, root: &Path) -> Result<()> {
         } else {
             // The host's /dev lacks it: a node on a nodev tmpfs of its own.
             let holder = dev.join(format!(".{name}"));
-            fs::create_dir(&holder).map_err(|e| internal("mkdir device holder", e))?;
+            fs::create_dir(&holder).map_err(|e| Failure::internal("mkdir device holder", e))?;
             do_mount(
                 Some(Path::new("tmpfs")),
                 &holder,
@@ -232,12 +231,12 @@ fn mount_dev(spec: &ContainerSpec, root: &Path) -> Result<()> {
                 Mode::from_bits_truncate(0o666),
                 makedev(*major, *minor),
             )
-            .map_err(|e| internal(&format!("mknod {}", node.display()), e))?;
+            .map_err(|e| Failure::internal(format!("mknod {}", node.display()), e))?;
             fs::set_permissions(&node, std::os::unix::fs::PermissionsExt::from_mode(0o666))
-                .map_err(|e| internal("chmod device", e))?;
+                .map_err(|e| Failure::internal("chmod device", e))?;
             do_mount(Some(&node), &p, None, MsFlags::MS_BIND, None)?;
             umount2(&holder, MntFlags::MNT_DETACH)
-                .map_err(|e| internal("detach device holder", e))?;
+                .map_err(|e| Failure::internal("detach device holder", e))?;
             let _ = fs::remove_dir(&holder);
         }
     }
@@ -249,10 +248,10 @@ fn mount_dev(spec: &ContainerSpec, root: &Path) -> Result<()> {
         ("ptmx", "pts/ptmx"),
         ("core", "/proc/kcore"),
     ] {
-        symlink(target, dev.join(link)).map_err(|e| internal("symlink in /dev", e))?;
+        symlink(target, dev.join(link)).map_err(|e| Failure::internal("symlink in /dev", e))?;
     }
     let pts = dev.join("pts");
-    fs::create_dir(&pts).map_err(|e| internal("mkdir /dev/pts", e))?;
+    fs::create_dir(&pts).map_err(|e| Failure::internal("mkdir /dev/pts", e))?;
     do_mount(
         Some(Path::new("devpts")),
         &pts,
@@ -261,7 +260,7 @@ fn mount_dev(spec: &ContainerSpec, root: &Path) -> Result<()> {
         Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
     )?;
     let shm = dev.join("shm");
-    fs::create_dir(&shm).map_err(|e| internal("mkdir /dev/shm", e))?;
+    fs::create_dir(&shm).map_err(|e| Failure::internal("mkdir /dev/shm", e))?;
     match &spec.shm {
         Some(src) => {
             do_mount(
@@ -287,7 +286,7 @@ fn mount_dev(spec: &ContainerSpec, root: &Path) -> Result<()> {
         }
     }
     let mq = dev.join("mqueue");
-    fs::create_dir(&mq).map_err(|e| internal("mkdir /dev/mqueue", e))?;
+    fs::create_dir(&mq).map_err(|e| Failure::internal("mkdir /dev/mqueue", e))?;
     do_mount(
         Some(Path::new("mqueue")),
         &mq,
@@ -317,10 +316,10 @@ fn bind_mount(root: &Path, m: &BindMount) -> Result<()> {
         Create::File
     };
     let target = resolve::open_in_root(root, &m.destination, create).map_err(|e| {
-        Failure::new(
-            FailureKind::InvalidArgument,
-            format!("mount destination {}: {e}", m.destination.display()),
-        )
+        Failure::invalid(format!(
+            "mount destination {}: {e}",
+            m.destination.display()
+        ))
     })?;
     let target_path = PathBuf::from(format!("/proc/self/fd/{}", target.as_raw_fd()));
     do_mount(
@@ -332,7 +331,7 @@ fn bind_mount(root: &Path, m: &BindMount) -> Result<()> {
     )?;
     // The fd still names the directory underneath; reopen the new mount through
     // its resolved path to change its flags.
-    let real = fs::read_link(&target_path).map_err(|e| internal("readlink", e))?;
+    let real = fs::read_link(&target_path).map_err(|e| Failure::internal("readlink", e))?;
     drop(target);
     if m.readonly {
         do_mount(
@@ -407,14 +406,14 @@ pub fn pivot(spec: &ContainerSpec) -> Result<()> {
     let root = spec.rootfs_mountpoint.as_path();
     // A handle on the old root: "." after pivot_root names the new root's
     // mount, not the old one stacked on it.
-    let old_root = fs::File::open("/").map_err(|e| internal("open old root", e))?;
-    chdir(root).map_err(|e| internal("chdir rootfs", e))?;
-    pivot_root(".", ".").map_err(|e| internal("pivot_root", e))?;
+    let old_root = fs::File::open("/").map_err(|e| Failure::internal("open old root", e))?;
+    chdir(root).map_err(|e| Failure::internal("chdir rootfs", e))?;
+    pivot_root(".", ".").map_err(|e| Failure::internal("pivot_root", e))?;
     // The old root is now stacked on top of the new one at "/". Made a slave
     // first (recursively: only the host's mounts are under it), so that
     // detaching it cannot reach the host's mounts, which are still shared
     // when the container has a BIDIRECTIONAL mount.
-    fchdir(&old_root).map_err(|e| internal("fchdir old root", e))?;
+    fchdir(&old_root).map_err(|e| Failure::internal("fchdir old root", e))?;
     do_mount(
         None,
         Path::new("."),
@@ -422,9 +421,9 @@ pub fn pivot(spec: &ContainerSpec) -> Result<()> {
         MsFlags::MS_SLAVE | MsFlags::MS_REC,
         None,
     )?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(|e| internal("detach old root", e))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| Failure::internal("detach old root", e))?;
     drop(old_root);
-    chdir("/").map_err(|e| internal("chdir /", e))?;
+    chdir("/").map_err(|e| Failure::internal("chdir /", e))?;
     if spec.readonly_rootfs {
         do_mount(
             None,
