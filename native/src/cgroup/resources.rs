@@ -1,7 +1,7 @@
 //! Resource limits (the CRI's LinuxContainerResources) written to a
 //! container's cgroups, in v2 or v1 form as the controller's hierarchy needs.
 
-use super::{write_file, Cgroups};
+use super::group::{write_file, Cgroups};
 use crate::failure::Failure;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
