@@ -8,6 +8,7 @@ pub mod container;
 pub mod crilog;
 pub mod exec;
 pub mod failure;
+pub mod kernel;
 pub mod loopdev;
 pub mod monitor;
 pub mod mounts;

@@ -4,14 +4,15 @@
 pub mod rootfs;
 
 use crate::failure::{Failure, FailureKind};
+use crate::kernel::{Kernel, Linux};
 use crate::spec::{ContainerSpec, NsMode};
 use caps::{CapSet, Capability, CapsHashSet};
-use nix::sched::{setns, unshare, CloneFlags};
-use nix::unistd::{execve, sethostname, setresgid, setresuid, Gid, Uid};
+use nix::sched::CloneFlags;
+use nix::unistd::{execve, setresgid, setresuid, Gid, Uid};
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -59,15 +60,16 @@ pub const DEFAULT_READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-fn join_ns(path: &Path, flag: CloneFlags) -> Result<()> {
+fn join_ns(k: &impl Kernel, path: &Path, flag: CloneFlags) -> Result<()> {
     let f = File::open(path)
         .map_err(|e| Failure::precondition(format!("open namespace {}: {e}", path.display())))?;
-    setns(f, flag).map_err(|e| Failure::internal(format!("setns {}", path.display()), e))
+    k.setns(f.as_fd(), flag)
+        .map_err(|e| Failure::internal(format!("setns {}", path.display()), e))
 }
 
 /// Enters the pod's namespaces and makes the container's own ones. The pid
 /// namespace is not handled here: the monitor chose it before forking us.
-pub fn enter_namespaces(spec: &ContainerSpec) -> Result<()> {
+pub fn enter_namespaces(k: &impl Kernel, spec: &ContainerSpec) -> Result<()> {
     let mut flags = CloneFlags::CLONE_NEWNS;
     for (mode, flag) in [
         (&spec.namespaces.ipc, CloneFlags::CLONE_NEWIPC),
@@ -77,12 +79,14 @@ pub fn enter_namespaces(spec: &ContainerSpec) -> Result<()> {
         match mode {
             NsMode::Host => {}
             NsMode::New => flags |= flag,
-            NsMode::Join(p) => join_ns(p, flag)?,
+            NsMode::Join(p) => join_ns(k, p, flag)?,
         }
     }
-    unshare(flags).map_err(|e| Failure::internal("unshare", e))?;
+    k.unshare(flags)
+        .map_err(|e| Failure::internal("unshare", e))?;
     if spec.namespaces.uts == NsMode::New && !spec.hostname.is_empty() {
-        sethostname(&spec.hostname).map_err(|e| Failure::internal("sethostname", e))?;
+        k.sethostname(&spec.hostname)
+            .map_err(|e| Failure::internal("sethostname", e))?;
     }
     Ok(())
 }
@@ -284,6 +288,14 @@ pub fn exec(spec: &ContainerSpec) -> Result<std::convert::Infallible> {
     finish_exec(prepare_exec(spec)?)
 }
 
+/// Namespaces, then the root file system, then the switch into it: all the
+/// kernel state a container's first process sets up before it waits to start.
+pub fn set_up(k: &impl Kernel, spec: &ContainerSpec) -> Result<()> {
+    enter_namespaces(k, spec)?;
+    rootfs::build(k, spec)?;
+    rootfs::pivot(k, spec)
+}
+
 /// Messages from the container's first process to its monitor, over the sync pipe.
 pub fn report(pipe: &mut File, result: &std::result::Result<(), Failure>) {
     let msg = match result {
@@ -303,11 +315,7 @@ pub fn report(pipe: &mut File, result: &std::result::Result<(), Failure>) {
 pub fn run(spec: &ContainerSpec, sync: OwnedFd, start: OwnedFd) -> ! {
     let mut sync = File::from(sync);
     let mut start = File::from(start);
-    let setup = (|| {
-        enter_namespaces(spec)?;
-        rootfs::build(spec)?;
-        rootfs::pivot(spec)
-    })();
+    let setup = set_up(&Linux, spec);
     report(&mut sync, &setup);
     if setup.is_err() {
         std::process::exit(127);
@@ -328,4 +336,95 @@ pub fn run(spec: &ContainerSpec, sync: OwnedFd, start: OwnedFd) -> ! {
     };
     report(&mut sync, &Err(err));
     std::process::exit(127)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::recording::{Call, Recording};
+    use nix::errno::Errno;
+
+    fn spec_with(ipc: NsMode, uts: NsMode, net: NsMode, hostname: &str) -> ContainerSpec {
+        ContainerSpec {
+            hostname: hostname.into(),
+            namespaces: crate::spec::Namespaces {
+                ipc,
+                uts,
+                net,
+                pid: NsMode::New,
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pod_namespaces_are_joined_before_the_own_ones_are_made() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let base = std::fs::canonicalize(d.path()).expect("canonicalize");
+        let (ipc, net) = (base.join("ipc"), base.join("net"));
+        for p in [&ipc, &net] {
+            std::fs::write(p, b"").expect("write");
+        }
+        let spec = spec_with(
+            NsMode::Join(ipc.clone()),
+            NsMode::New,
+            NsMode::Join(net.clone()),
+            "web-0",
+        );
+        let k = Recording::new();
+        enter_namespaces(&k, &spec).expect("enter");
+        assert_eq!(
+            k.calls(),
+            vec![
+                Call::Setns {
+                    ns: ipc,
+                    nstype: CloneFlags::CLONE_NEWIPC
+                },
+                Call::Setns {
+                    ns: net,
+                    nstype: CloneFlags::CLONE_NEWNET
+                },
+                Call::Unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS),
+                Call::Sethostname("web-0".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn host_namespaces_keep_only_the_mount_namespace_new() {
+        let spec = spec_with(NsMode::Host, NsMode::Host, NsMode::Host, "ignored");
+        let k = Recording::new();
+        enter_namespaces(&k, &spec).expect("enter");
+        // The host's UTS namespace: its hostname is not ours to set.
+        assert_eq!(k.calls(), vec![Call::Unshare(CloneFlags::CLONE_NEWNS)]);
+    }
+
+    #[test]
+    fn a_missing_pod_namespace_is_a_precondition_and_nothing_is_entered() {
+        let spec = spec_with(
+            NsMode::Join("/nonexistent/sycri/ipc".into()),
+            NsMode::New,
+            NsMode::New,
+            "",
+        );
+        let k = Recording::new();
+        let e = enter_namespaces(&k, &spec).expect_err("fails");
+        assert_eq!(e.kind, FailureKind::FailedPrecondition);
+        assert!(
+            e.message.contains("/nonexistent/sycri/ipc"),
+            "{}",
+            e.message
+        );
+        assert!(k.calls().is_empty());
+    }
+
+    #[test]
+    fn a_refused_unshare_is_reported_and_no_hostname_is_set() {
+        let spec = spec_with(NsMode::New, NsMode::New, NsMode::New, "h");
+        let k = Recording::new();
+        k.fail(|c| matches!(c, Call::Unshare(_)), Errno::EPERM);
+        let e = enter_namespaces(&k, &spec).expect_err("fails");
+        assert_eq!(e.message, format!("unshare: {}", Errno::EPERM));
+        assert_eq!(k.calls().len(), 1);
+    }
 }
