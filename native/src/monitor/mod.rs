@@ -14,116 +14,34 @@
 //! created with stdin). With `stdin_once`, the first client that closes stdin
 //! closes the container's stdin. A client that does not keep up is
 //! disconnected: buffers are bounded and the monitor never blocks on a client.
+//!
+//! Here: the monitor process and its poll loop. The wire protocol is in
+//! `protocol.rs`, an attached client's buffers in `clients.rs`.
+
+mod clients;
+pub mod protocol;
+
+// The protocol at its old paths, for the server.
+pub use protocol::{attach, Ready, Request, Response};
 
 use crate::container;
 use crate::crilog::{CriLog, Stream};
 use crate::failure::{Failure, FailureKind};
 use crate::spec::{ContainerSpec, ExitStatus, NsMode};
 use crate::util::{now_ns, redirect_to_devnull, write_atomic};
+use clients::Client;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, pipe2, setsid, ForkResult, Pid};
-use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// A request on the monitor's control socket (one JSON line per connection).
-#[derive(Serialize, Deserialize, Debug)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
-    /// Let the container's process exec its command.
-    Start,
-    /// Reopen the log file at its path (after rotation).
-    ReopenLog,
-    /// Turn this connection into an attach stream (see [`attach`]).
-    Attach {
-        #[serde(default)]
-        stdin: bool,
-        #[serde(default)]
-        stdout: bool,
-        #[serde(default)]
-        stderr: bool,
-        /// What the client expects; the container's own setting decides.
-        #[serde(default)]
-        tty: bool,
-    },
-}
-
-/// The attach stream's framing, both directions: a 5-byte header (channel,
-/// then payload length as u32 big-endian) and the payload.
-///
-/// Client to monitor: [`STDIN`] data; [`CLOSE_STDIN`] (empty) when the client's
-/// stdin ended; [`RESIZE`] with width and height as u16 big-endian (tty only).
-/// Monitor to client: [`STDOUT`] and [`STDERR`] data (a tty has stdout only).
-/// The monitor closes the connection when the container's output has ended
-/// (the container exited) or when the client is too slow.
-pub mod attach {
-    pub const STDIN: u8 = 0;
-    pub const STDOUT: u8 = 1;
-    pub const STDERR: u8 = 2;
-    pub const CLOSE_STDIN: u8 = 3;
-    pub const RESIZE: u8 = 4;
-    pub const HEADER: usize = 5;
-    /// Largest payload of one frame.
-    pub const MAX_PAYLOAD: usize = 32 * 1024;
-
-    /// One frame; `data` must not exceed [`MAX_PAYLOAD`].
-    pub fn encode(ch: u8, data: &[u8]) -> Vec<u8> {
-        let mut f = Vec::with_capacity(HEADER + data.len());
-        push(&mut f, ch, data);
-        f
-    }
-
-    /// As many frames as `data` needs.
-    pub fn encode_all(ch: u8, data: &[u8]) -> Vec<u8> {
-        let mut f = Vec::with_capacity(HEADER * 2 + data.len());
-        for chunk in data.chunks(MAX_PAYLOAD) {
-            push(&mut f, ch, chunk);
-        }
-        f
-    }
-
-    pub fn push(out: &mut Vec<u8>, ch: u8, data: &[u8]) {
-        out.push(ch);
-        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        out.extend_from_slice(data);
-    }
-
-    /// (channel, payload length) from a header.
-    pub fn parse_header(h: &[u8; HEADER]) -> (u8, usize) {
-        (h[0], u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize)
-    }
-
-    pub fn resize_payload(width: u16, height: u16) -> [u8; 4] {
-        let w = width.to_be_bytes();
-        let h = height.to_be_bytes();
-        [w[0], w[1], h[0], h[1]]
-    }
-}
-
-/// The answer to a [`Request`].
-#[derive(Serialize, Deserialize, Debug)]
-pub struct Response {
-    pub ok: bool,
-    #[serde(default)]
-    pub error: Option<Failure>,
-}
-
-/// The monitor's first and only line on stdout.
-#[derive(Serialize, Deserialize, Debug)]
-pub struct Ready {
-    #[serde(default)]
-    pub pid: Option<i32>,
-    #[serde(default)]
-    pub error: Option<Failure>,
-}
 
 struct Stdio {
     /// Ends the container gets as fds 0, 1, 2.
@@ -417,126 +335,10 @@ fn read_message(sync: &mut BufReader<File>) -> Option<Result<(), Failure>> {
 
 /// Most clients attached at once.
 const MAX_CLIENTS: usize = 8;
-/// Output queued for one client before it counts as too slow and is dropped.
-const CLIENT_QUEUE: usize = 256 * 1024;
 /// Input queued for the container's stdin before clients are no longer read.
 const STDIN_QUEUE: usize = 64 * 1024;
 /// How long queued output may take to reach clients after the container exited.
 const CLIENT_FLUSH: Duration = Duration::from_secs(1);
-
-/// One attached client (a control-socket connection in attach mode).
-struct Client {
-    conn: UnixStream,
-    stdin: bool,
-    stdout: bool,
-    stderr: bool,
-    /// Frames for the client; `out[sent..]` is still to be written.
-    out: Vec<u8>,
-    sent: usize,
-    /// A partial frame from the client.
-    inbuf: Vec<u8>,
-    stdin_closed: bool,
-    dead: bool,
-}
-
-impl Client {
-    fn pending(&self) -> usize {
-        self.out.len() - self.sent
-    }
-
-    /// Queues a frame; a client whose queue is full is dropped.
-    fn queue(&mut self, ch: u8, data: &[u8]) {
-        if self.dead {
-            return;
-        }
-        if self.pending() + attach::HEADER + data.len() > CLIENT_QUEUE {
-            self.dead = true;
-            return;
-        }
-        if self.sent > 0 && self.sent == self.out.len() {
-            self.out.clear();
-            self.sent = 0;
-        }
-        for chunk in data.chunks(attach::MAX_PAYLOAD) {
-            attach::push(&mut self.out, ch, chunk);
-        }
-    }
-
-    /// Writes what the socket takes without blocking.
-    fn flush(&mut self) {
-        while self.pending() > 0 && !self.dead {
-            // SAFETY: writing from our own buffer, within its length, to a
-            // socket we own; MSG_NOSIGNAL because the peer may be gone.
-            let n = unsafe {
-                libc::send(
-                    self.conn.as_raw_fd(),
-                    self.out[self.sent..].as_ptr().cast(),
-                    self.pending(),
-                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-                )
-            };
-            if n < 0 {
-                if std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {
-                    self.dead = true;
-                }
-                return;
-            }
-            self.sent += n as usize;
-        }
-        if self.pending() == 0 {
-            self.out.clear();
-            self.sent = 0;
-            if self.out.capacity() > 64 * 1024 {
-                self.out.shrink_to(16 * 1024);
-            }
-        }
-    }
-
-    /// Reads what is there and returns the complete frames.
-    fn read_frames(&mut self, buf: &mut [u8]) -> Vec<(u8, Vec<u8>)> {
-        // SAFETY: reading into our own buffer, within its length, from a socket we own.
-        let n = unsafe {
-            libc::recv(
-                self.conn.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len().min(16 * 1024),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n == 0 {
-            self.dead = true;
-        } else if n < 0 {
-            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {
-                self.dead = true;
-            }
-        } else {
-            self.inbuf.extend_from_slice(&buf[..n as usize]);
-        }
-        self.take_frames()
-    }
-
-    fn take_frames(&mut self) -> Vec<(u8, Vec<u8>)> {
-        let mut frames = Vec::new();
-        while self.inbuf.len() >= attach::HEADER {
-            let mut h = [0u8; attach::HEADER];
-            h.copy_from_slice(&self.inbuf[..attach::HEADER]);
-            let (ch, len) = attach::parse_header(&h);
-            if len > attach::MAX_PAYLOAD {
-                self.dead = true;
-                break;
-            }
-            if self.inbuf.len() < attach::HEADER + len {
-                break;
-            }
-            frames.push((
-                ch,
-                self.inbuf[attach::HEADER..attach::HEADER + len].to_vec(),
-            ));
-            self.inbuf.drain(..attach::HEADER + len);
-        }
-        frames
-    }
-}
 
 #[derive(Clone, Copy)]
 enum Slot {
@@ -971,19 +773,15 @@ impl Monitor<'_> {
             if conn.set_nonblocking(true).is_err() {
                 return;
             }
-            let mut c = Client {
+            let mut c = Client::new(
                 conn,
                 stdin,
                 stdout,
                 // A terminal has one output stream.
-                stderr: stderr && !self.stdio.tty,
-                out: Vec::new(),
-                sent: 0,
+                stderr && !self.stdio.tty,
                 // Frames the client sent right after its request.
-                inbuf: reader.buffer().to_vec(),
-                stdin_closed: false,
-                dead: false,
-            };
+                reader.buffer().to_vec(),
+            );
             let frames = c.take_frames();
             self.clients.push(c);
             let i = self.clients.len() - 1;
@@ -1010,37 +808,5 @@ impl Monitor<'_> {
             Some(Ok(())) => Ok(()),
             Some(Err(f)) => Err(f),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn attach_requests_and_frames() {
-        let r: Request = serde_json::from_str(
-            r#"{"op":"attach","stdin":true,"stdout":true,"stderr":false,"tty":false}"#,
-        )
-        .expect("parse attach");
-        assert!(matches!(
-            r,
-            Request::Attach {
-                stdin: true,
-                stdout: true,
-                stderr: false,
-                ..
-            }
-        ));
-        let big = vec![7u8; attach::MAX_PAYLOAD + 10];
-        let f = attach::encode_all(attach::STDIN, &big);
-        assert_eq!(f.len(), big.len() + 2 * attach::HEADER);
-        let mut h = [0u8; attach::HEADER];
-        h.copy_from_slice(&f[..attach::HEADER]);
-        assert_eq!(
-            attach::parse_header(&h),
-            (attach::STDIN, attach::MAX_PAYLOAD)
-        );
-        assert_eq!(attach::resize_payload(0x0102, 0x0304), [1, 2, 3, 4]);
     }
 }
