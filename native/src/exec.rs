@@ -79,6 +79,11 @@ fn join(pid: i32) -> Result<(), Failure> {
 }
 
 fn run_child(spec: &ExecSpec, parent: i32) -> ! {
+    // The command gets our stdio and nothing else the helper was given.
+    if let Err(f) = crate::exposure::close_fds_except(&[0, 1, 2]) {
+        eprintln!("sycri exec: {f}");
+        std::process::exit(EXEC_FAILED);
+    }
     // Die with the helper: the server ends a command by ending its helper.
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
@@ -116,6 +121,12 @@ fn run_child(spec: &ExecSpec, parent: i32) -> ! {
 
 /// Entry point of `sycri __exec <spec.json>`.
 pub fn main(spec_path: &Path) -> i32 {
+    // The command's process is in the container's pid namespace from its
+    // fork until it execs: non-dumpable by inheritance (see crate::exposure).
+    if let Err(f) = crate::exposure::not_dumpable() {
+        eprintln!("sycri exec: {f}");
+        return EXEC_FAILED;
+    }
     let spec: ExecSpec = match std::fs::read(spec_path)
         .map_err(|e| Failure::internal("read exec spec", e))
         .and_then(|b| {

@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod container;
 pub mod crilog;
 pub mod exec;
+pub mod exposure;
 pub mod failure;
 pub mod kernel;
 pub mod loopdev;

@@ -132,29 +132,9 @@ fn enter_pid_namespace(spec: &ContainerSpec) -> Result<(), Failure> {
     }
 }
 
-/// Runs in the forked child: wire stdio, restore signals, become the container.
-fn child(
-    spec: &ContainerSpec,
-    stdio: &mut Stdio,
-    sync: OwnedFd,
-    start: OwnedFd,
-    report_fd: RawFd,
-) -> ! {
-    // Join the container's cgroup first, so that everything the container ever
-    // starts can be found and ended.
-    for cg in spec.cgroup.iter().chain(&spec.cgroups_v1) {
-        if let Err(e) = crate::cgroup::join(cg) {
-            let mut sync = File::from(sync);
-            container::report(&mut sync, &Err(e));
-            std::process::exit(127);
-        }
-    }
-    // The server reads the monitor's report pipe until EOF; our copy must not keep
-    // it open while we wait for the start signal.
-    // SAFETY: closes a descriptor this process never touches again; we never
-    // return from this function, so its owner's destructor does not run here.
-    unsafe { libc::close(report_fd) };
-    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+/// Runs in the forked child: wire stdio, drop every other descriptor, restore
+/// signals, become the container.
+fn child(spec: &ContainerSpec, stdio: &mut Stdio, sync: OwnedFd, start: OwnedFd) -> ! {
     for (i, fd) in stdio.child.iter_mut().enumerate() {
         if let Some(fd) = fd.take() {
             let target = i as RawFd;
@@ -173,6 +153,30 @@ fn child(
     stdio.stdin.take();
     stdio.stdout.take();
     stdio.stderr.take();
+    // We are in the container's pid namespace, seen by the pod's other
+    // containers when they share it, until we exec: hold nothing but the
+    // container's stdio and our two set-up pipes (both close-on-exec). This
+    // drops the log file, the control socket, the server's report pipe (the
+    // server reads it until EOF, so we must not keep it while we wait) and
+    // whatever else the monitor holds; none of their owners' destructors
+    // runs in this process, which never returns from here.
+    if let Err(e) =
+        crate::exposure::close_fds_except(&[0, 1, 2, sync.as_raw_fd(), start.as_raw_fd()])
+    {
+        let mut sync = File::from(sync);
+        container::report(&mut sync, &Err(e));
+        std::process::exit(127);
+    }
+    // Join the container's cgroup before anything else, so that everything the
+    // container ever starts can be found and ended.
+    for cg in spec.cgroup.iter().chain(&spec.cgroups_v1) {
+        if let Err(e) = crate::cgroup::join(cg) {
+            let mut sync = File::from(sync);
+            container::report(&mut sync, &Err(e));
+            std::process::exit(127);
+        }
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     if stdio.tty {
         let _ = setsid();
         // SAFETY: TIOCSCTTY on fd 0 (the pty slave) with an integer argument.
@@ -218,6 +222,9 @@ fn detach_stdio() {
 }
 
 fn run(spec: &ContainerSpec, report: &mut File) -> Result<i32, Failure> {
+    // Before the fork: the container's first process is non-dumpable from
+    // its first instant (see crate::exposure).
+    crate::exposure::not_dumpable()?;
     let _ = setsid();
     // SIGCHLD arrives through a signalfd so the loop below sees it with poll.
     let mut mask = SigSet::empty();
@@ -264,7 +271,7 @@ fn run(spec: &ContainerSpec, report: &mut File) -> Result<i32, Failure> {
             drop(sync_r);
             drop(start_w);
             drop(listener);
-            child(spec, &mut stdio, sync_w, start_r, report.as_raw_fd())
+            child(spec, &mut stdio, sync_w, start_r)
         }
         ForkResult::Parent { child } => child,
     };
