@@ -5,6 +5,7 @@
 use super::descriptor::{Descriptor, DESCRIPTOR_SIZE};
 use super::error::SifError;
 use super::header::{Header, HEADER_SIZE, SIF_MAGIC};
+use super::squashfs::{SquashfsError, Superblock, SQUASHFS_MAGIC, SUPERBLOCK_SIZE};
 use super::types::{DataType, FsType};
 use std::collections::HashSet;
 use std::fs::File;
@@ -13,8 +14,6 @@ use std::path::Path;
 
 /// Most descriptors an image may declare.
 pub const MAX_DESCRIPTORS: u64 = 65536;
-/// Magic bytes at the start of a squashfs file system.
-pub const SQUASHFS_MAGIC: &[u8; 4] = b"hsqs";
 
 /// Descriptors read per `read` call while parsing.
 const DESCRIPTOR_CHUNK: usize = 64;
@@ -326,4 +325,30 @@ fn check_objects(h: &Header, ds: &[Descriptor], file_len: u64) -> Result<(), Sif
         }
     }
     Ok(())
+}
+
+/// Reads the superblock at the start of partition `d` and checks it against
+/// the partition's size (see [`Superblock::check`]). `d` must be a partition
+/// of the image `r` holds, already checked to lie inside it.
+pub fn check_squashfs<R: Read + Seek>(r: &mut R, d: &Descriptor) -> Result<Superblock, SifError> {
+    let bad = |source| SifError::BadSquashfs { id: d.id, source };
+    if d.size < SUPERBLOCK_SIZE as u64 {
+        return Err(bad(SquashfsError::TooSmall(d.size)));
+    }
+    let mut b = [0u8; SUPERBLOCK_SIZE];
+    r.seek(SeekFrom::Start(d.offset))?;
+    r.read_exact(&mut b).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            SifError::Truncated {
+                what: "squashfs superblock",
+                needed: d.offset.saturating_add(SUPERBLOCK_SIZE as u64),
+                actual: d.offset,
+            }
+        } else {
+            SifError::Io(e)
+        }
+    })?;
+    let sb = Superblock::decode(&b).map_err(bad)?;
+    sb.check(d.size).map_err(bad)?;
+    Ok(sb)
 }

@@ -10,7 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::descriptor::{Descriptor, DESCRIPTOR_SIZE};
 use super::error::SifError;
 use super::header::{check_arch, host_arch, Header, HEADER_SIZE, LAUNCH_SCRIPT, SIF_VERSION};
-use super::image::{SifImage, MAX_DESCRIPTORS, SQUASHFS_MAGIC};
+use super::image::{SifImage, MAX_DESCRIPTORS};
+use super::squashfs::SQUASHFS_MAGIC;
 use super::types::{DataType, Extra, FsType, Link, PartType};
 
 /// Descriptor slots in a new image (more are added when there are more objects).
