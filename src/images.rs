@@ -463,6 +463,9 @@ fn inspect_sif(f: &mut File, source: &str) -> Result<(Option<ImageConfig>, u64, 
         .check_primary_squashfs(f)
         .map_err(|e| sif_error(source, e))?
         .clone();
+    // Its superblock must fit its partition, or the image would only fail
+    // at CreateContainer, as a mount error.
+    sycri_native::sif::check_squashfs(f, &part).map_err(|e| sif_error(source, e))?;
     if let Some((_, _, arch)) = part.partition() {
         let host = sycri_native::sif::host_arch();
         if arch != host && arch != "00" {

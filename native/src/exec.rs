@@ -15,7 +15,8 @@
 //! sockets back to the server.
 
 use crate::container;
-use crate::spec::{ContainerSpec, Failure, FailureKind};
+use crate::failure::Failure;
+use crate::spec::ContainerSpec;
 use nix::sched::{setns, CloneFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
@@ -39,10 +40,6 @@ pub struct ExecSpec {
 /// Exit code used when the helper itself fails before the command runs.
 pub const EXEC_FAILED: i32 = 126;
 
-fn fail(what: &str, e: impl std::fmt::Display) -> Failure {
-    Failure::new(FailureKind::Internal, format!("{what}: {e}"))
-}
-
 fn join(pid: i32) -> Result<(), Failure> {
     // Open every namespace first: after joining the mount namespace, /proc is
     // the container's.
@@ -61,28 +58,32 @@ fn join(pid: i32) -> Result<(), Failure> {
         ) {
             (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
             (Err(e), _) => {
-                return Err(Failure::new(
-                    FailureKind::FailedPrecondition,
-                    format!("container process {pid} is gone ({e})"),
-                ))
+                return Err(Failure::precondition(format!(
+                    "container process {pid} is gone ({e})"
+                )))
             }
             _ => false,
         };
         if !same {
             fds.push((
-                File::open(&theirs).map_err(|e| fail(&theirs, e))?,
+                File::open(&theirs).map_err(|e| Failure::internal(&theirs, e))?,
                 flag,
                 name,
             ));
         }
     }
     for (f, flag, name) in fds {
-        setns(f, flag).map_err(|e| fail(&format!("join {name} namespace"), e))?;
+        setns(f, flag).map_err(|e| Failure::internal(format!("join {name} namespace"), e))?;
     }
     Ok(())
 }
 
 fn run_child(spec: &ExecSpec, parent: i32) -> ! {
+    // The command gets our stdio and nothing else the helper was given.
+    if let Err(f) = crate::exposure::close_fds_except(&[0, 1, 2]) {
+        eprintln!("sycri exec: {f}");
+        std::process::exit(EXEC_FAILED);
+    }
     // Die with the helper: the server ends a command by ending its helper.
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
@@ -120,10 +121,17 @@ fn run_child(spec: &ExecSpec, parent: i32) -> ! {
 
 /// Entry point of `sycri __exec <spec.json>`.
 pub fn main(spec_path: &Path) -> i32 {
+    // The command's process is in the container's pid namespace from its
+    // fork until it execs: non-dumpable by inheritance (see crate::exposure).
+    if let Err(f) = crate::exposure::not_dumpable() {
+        eprintln!("sycri exec: {f}");
+        return EXEC_FAILED;
+    }
     let spec: ExecSpec = match std::fs::read(spec_path)
-        .map_err(|e| fail("read exec spec", e))
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| fail("parse exec spec", e)))
-    {
+        .map_err(|e| Failure::internal("read exec spec", e))
+        .and_then(|b| {
+            serde_json::from_slice(&b).map_err(|e| Failure::internal("parse exec spec", e))
+        }) {
         Ok(s) => s,
         Err(f) => {
             eprintln!("sycri exec: {f}");
@@ -173,16 +181,16 @@ pub fn main(spec_path: &Path) -> i32 {
 pub fn open_pty() -> Result<(OwnedFd, OwnedFd), Failure> {
     use nix::fcntl::OFlag;
     let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
-        .map_err(|e| fail("open a pty", e))?;
-    nix::pty::grantpt(&master).map_err(|e| fail("grantpt", e))?;
-    nix::pty::unlockpt(&master).map_err(|e| fail("unlockpt", e))?;
-    let name = nix::pty::ptsname_r(&master).map_err(|e| fail("ptsname", e))?;
+        .map_err(|e| Failure::internal("open a pty", e))?;
+    nix::pty::grantpt(&master).map_err(|e| Failure::internal("grantpt", e))?;
+    nix::pty::unlockpt(&master).map_err(|e| Failure::internal("unlockpt", e))?;
+    let name = nix::pty::ptsname_r(&master).map_err(|e| Failure::internal("ptsname", e))?;
     let slave = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
         .open(&name)
-        .map_err(|e| fail(&format!("open {name}"), e))?;
+        .map_err(|e| Failure::internal(format!("open {name}"), e))?;
     // SAFETY: the descriptor of a PtyMaster we own; into_raw_fd hands it over.
     let master = unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(master)) };
     Ok((master, OwnedFd::from(slave)))

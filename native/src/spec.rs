@@ -5,6 +5,9 @@
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+// Kept at their old path for the server; the engine uses crate::failure.
+pub use crate::failure::{Failure, FailureKind};
+
 /// How a container or pod gets one kind of namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
@@ -157,38 +160,3 @@ pub struct ExitStatus {
     #[serde(default)]
     pub oom_killed: bool,
 }
-
-/// Kinds of failure the engine reports back; the server maps them to gRPC codes.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureKind {
-    NotFound,
-    InvalidArgument,
-    PermissionDenied,
-    FailedPrecondition,
-    Internal,
-}
-
-/// One failure, as the engine reports it to its caller.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct Failure {
-    pub kind: FailureKind,
-    pub message: String,
-}
-
-impl Failure {
-    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
-        Failure {
-            kind,
-            message: message.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Failure {}

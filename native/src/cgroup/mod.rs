@@ -8,21 +8,19 @@
 //! lacks (cpu, cpuacct, cpuset, memory, pids) live in v1 hierarchies, and the
 //! container gets one more cgroup in each of those ([`Layout`]).
 
+mod group;
 mod resources;
 mod stats;
 
+use group::write_file;
+pub use group::Cgroups;
 pub use resources::{apply, Resources};
 pub use stats::{oom_killed, stats, Stats};
 
-use crate::spec::{Failure, FailureKind};
-use serde::{Deserialize, Serialize};
+use crate::failure::Failure;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-fn internal(what: &str, e: impl std::fmt::Display) -> Failure {
-    Failure::new(FailureKind::Internal, format!("{what}: {e}"))
-}
 
 /// Controllers sycri limits or reads, by their v1 names (cpuacct is part of
 /// cpu on v2).
@@ -37,35 +35,6 @@ pub struct Layout {
     pub v2_controllers: Vec<String>,
     /// v1 mount points of the [`CONTROLLERS`] that v2 does not offer.
     pub v1: Vec<(String, PathBuf)>,
-}
-
-/// A container's (or any group's) cgroups: the v2 one and the v1 ones of the
-/// controllers v2 lacks on this host.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-pub struct Cgroups {
-    #[serde(default)]
-    pub v2: Option<PathBuf>,
-    /// (controller, directory), e.g. ("memory", /sys/fs/cgroup/memory/sycri/<id>).
-    #[serde(default)]
-    pub v1: Vec<(String, PathBuf)>,
-}
-
-impl Cgroups {
-    /// The directory that carries `controller`: its v1 cgroup, else the v2 one.
-    pub fn dir_for(&self, controller: &str) -> Option<(&Path, bool)> {
-        match self.v1.iter().find(|(c, _)| c == controller) {
-            Some((_, d)) => Some((d.as_path(), false)),
-            None => self.v2.as_deref().map(|d| (d, true)),
-        }
-    }
-
-    /// Every directory, v2 first.
-    pub fn dirs(&self) -> impl Iterator<Item = &Path> {
-        self.v2
-            .iter()
-            .map(PathBuf::as_path)
-            .chain(self.v1.iter().map(|(_, d)| d.as_path()))
-    }
 }
 
 /// Reads the host's layout from /proc/self/mountinfo.
@@ -258,21 +227,10 @@ pub fn remove_all(cg: &Cgroups) -> Result<(), Failure> {
     first.map_or(Ok(()), Err)
 }
 
-/// Writes one value to an existing cgroup file (never creates one: a missing
-/// file means a missing controller).
-pub(crate) fn write_file(path: &Path, value: &str) -> Result<(), Failure> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(path)
-        .and_then(|mut f| f.write_all(value.as_bytes()))
-        .map_err(|e| internal(&format!("write {value:?} to {}", path.display()), e))
-}
-
 /// Creates the cgroup directory (and its parents).
 pub fn create(path: &Path) -> Result<(), Failure> {
     std::fs::create_dir_all(path)
-        .map_err(|e| internal(&format!("create cgroup {}", path.display()), e))
+        .map_err(|e| Failure::internal(format!("create cgroup {}", path.display()), e))
 }
 
 /// Moves the calling process into the cgroup.
@@ -282,7 +240,7 @@ pub fn join(path: &Path) -> Result<(), Failure> {
         .write(true)
         .open(&procs)
         .and_then(|mut f| f.write_all(b"0"))
-        .map_err(|e| internal(&format!("join cgroup {}", path.display()), e))
+        .map_err(|e| Failure::internal(format!("join cgroup {}", path.display()), e))
 }
 
 /// Pids in the cgroup.
@@ -326,7 +284,10 @@ pub fn remove(path: &Path) -> Result<(), Failure> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => {
                 if Instant::now() > deadline {
-                    return Err(internal(&format!("remove cgroup {}", path.display()), e));
+                    return Err(Failure::internal(
+                        format!("remove cgroup {}", path.display()),
+                        e,
+                    ));
                 }
                 // Busy until the killed processes are gone.
                 std::thread::sleep(Duration::from_millis(5));
@@ -339,6 +300,7 @@ pub fn remove(path: &Path) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::failure::FailureKind;
 
     const HYBRID: &str = "\
 25 1 0:23 / /sys rw - sysfs sysfs rw

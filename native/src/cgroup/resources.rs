@@ -1,8 +1,8 @@
 //! Resource limits (the CRI's LinuxContainerResources) written to a
 //! container's cgroups, in v2 or v1 form as the controller's hierarchy needs.
 
-use super::{write_file, Cgroups};
-use crate::spec::{Failure, FailureKind};
+use super::group::{write_file, Cgroups};
+use crate::failure::Failure;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -38,26 +38,22 @@ pub fn shares_to_weight(shares: i64) -> i64 {
     1 + ((s - 2) * 9999) / 262_142
 }
 
-fn invalid(msg: String) -> Failure {
-    Failure::new(FailureKind::InvalidArgument, msg)
-}
-
 /// Checks what the kernel would refuse or what would write outside the
 /// cgroup, before anything is written.
 pub fn validate(r: &Resources) -> Result<(), Failure> {
     if r.cpu_period < 0 || r.cpu_shares < 0 || r.memory_limit_in_bytes < 0 {
-        return Err(invalid(
-            "cpu_period, cpu_shares and memory_limit_in_bytes must not be negative".into(),
+        return Err(Failure::invalid(
+            "cpu_period, cpu_shares and memory_limit_in_bytes must not be negative",
         ));
     }
     if r.cpu_period != 0 && !(1000..=1_000_000).contains(&r.cpu_period) {
-        return Err(invalid(format!(
+        return Err(Failure::invalid(format!(
             "cpu_period {} is outside 1000..1000000 microseconds",
             r.cpu_period
         )));
     }
     if r.cpu_quota > 0 && r.cpu_quota < 1000 {
-        return Err(invalid(format!(
+        return Err(Failure::invalid(format!(
             "cpu_quota {} is below 1000 microseconds",
             r.cpu_quota
         )));
@@ -66,7 +62,7 @@ pub fn validate(r: &Resources) -> Result<(), Failure> {
         && r.memory_limit_in_bytes > 0
         && r.memory_swap_limit_in_bytes < r.memory_limit_in_bytes
     {
-        return Err(invalid(format!(
+        return Err(Failure::invalid(format!(
             "memory_swap_limit_in_bytes {} is below memory_limit_in_bytes {}",
             r.memory_swap_limit_in_bytes, r.memory_limit_in_bytes
         )));
@@ -76,14 +72,16 @@ pub fn validate(r: &Resources) -> Result<(), Failure> {
             .all(|c| c.is_ascii_digit() || c == ',' || c == '-')
     };
     if !list_ok(&r.cpuset_cpus) || !list_ok(&r.cpuset_mems) {
-        return Err(invalid(format!(
+        return Err(Failure::invalid(format!(
             "cpuset {:?}/{:?} is not a list of numbers and ranges",
             r.cpuset_cpus, r.cpuset_mems
         )));
     }
     for (size, _) in &r.hugepage_limits {
         if size.is_empty() || !size.chars().all(|c| c.is_ascii_alphanumeric()) {
-            return Err(invalid(format!("hugepage size {size:?} is not a size")));
+            return Err(Failure::invalid(format!(
+                "hugepage size {size:?} is not a size"
+            )));
         }
     }
     for (k, v) in &r.unified {
@@ -94,12 +92,14 @@ pub fn validate(r: &Resources) -> Result<(), Failure> {
                 .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_')
             && !k.starts_with("cgroup.");
         if !ok {
-            return Err(invalid(format!(
+            return Err(Failure::invalid(format!(
                 "unified key {k:?} is not a cgroup v2 file"
             )));
         }
         if v.contains('\n') {
-            return Err(invalid(format!("unified value for {k:?} has a newline")));
+            return Err(Failure::invalid(format!(
+                "unified value for {k:?} has a newline"
+            )));
         }
     }
     Ok(())
@@ -115,10 +115,9 @@ pub fn apply(cg: &Cgroups, r: &Resources) -> Result<(), Failure> {
         cg.dir_for(controller)
             .filter(|(d, v2)| !*v2 || has(d, controller))
             .ok_or_else(|| {
-                Failure::new(
-                    FailureKind::FailedPrecondition,
-                    format!("the host has no {controller} cgroup controller for this limit"),
-                )
+                Failure::precondition(format!(
+                    "the host has no {controller} cgroup controller for this limit"
+                ))
             })
     };
 
@@ -237,7 +236,7 @@ pub fn apply(cg: &Cgroups, r: &Resources) -> Result<(), Failure> {
         };
         let path = dir.join(&file);
         if !path.exists() {
-            return Err(invalid(format!(
+            return Err(Failure::invalid(format!(
                 "hugepage size {size:?} is not offered here"
             )));
         }
@@ -246,15 +245,12 @@ pub fn apply(cg: &Cgroups, r: &Resources) -> Result<(), Failure> {
 
     if !r.unified.is_empty() {
         let dir = cg.v2.as_deref().ok_or_else(|| {
-            Failure::new(
-                FailureKind::FailedPrecondition,
-                "unified cgroup settings need cgroup v2".to_string(),
-            )
+            Failure::precondition("unified cgroup settings need cgroup v2".to_string())
         })?;
         for (k, v) in &r.unified {
             let path = dir.join(k);
             if !path.exists() {
-                return Err(invalid(format!(
+                return Err(Failure::invalid(format!(
                     "unified key {k:?}: no such file in the container's cgroup"
                 )));
             }

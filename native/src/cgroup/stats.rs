@@ -1,7 +1,7 @@
 //! Usage read from a container's cgroups: CPU time and memory, in v2 or v1
 //! form, and whether the kernel's OOM killer struck in it.
 
-use super::Cgroups;
+use super::group::Cgroups;
 use std::path::Path;
 
 /// What the CRI's ContainerStats reports; None where the host has no

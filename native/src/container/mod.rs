@@ -3,22 +3,20 @@
 
 pub mod rootfs;
 
-use crate::spec::{ContainerSpec, Failure, FailureKind, NsMode};
+use crate::failure::{Failure, FailureKind};
+use crate::kernel::{Kernel, Linux};
+use crate::spec::{ContainerSpec, NsMode};
 use caps::{CapSet, Capability, CapsHashSet};
-use nix::sched::{setns, unshare, CloneFlags};
-use nix::unistd::{execve, sethostname, setresgid, setresuid, Gid, Uid};
+use nix::sched::CloneFlags;
+use nix::unistd::{execve, setresgid, setresuid, Gid, Uid};
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 type Result<T> = std::result::Result<T, Failure>;
-
-fn internal(what: &str, e: impl std::fmt::Display) -> Failure {
-    Failure::new(FailureKind::Internal, format!("{what}: {e}"))
-}
 
 /// Capabilities a container gets by default (the set containerd and CRI-O grant).
 pub const DEFAULT_CAPABILITIES: &[&str] = &[
@@ -62,19 +60,16 @@ pub const DEFAULT_READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-fn join_ns(path: &Path, flag: CloneFlags) -> Result<()> {
-    let f = File::open(path).map_err(|e| {
-        Failure::new(
-            FailureKind::FailedPrecondition,
-            format!("open namespace {}: {e}", path.display()),
-        )
-    })?;
-    setns(f, flag).map_err(|e| internal(&format!("setns {}", path.display()), e))
+fn join_ns(k: &impl Kernel, path: &Path, flag: CloneFlags) -> Result<()> {
+    let f = File::open(path)
+        .map_err(|e| Failure::precondition(format!("open namespace {}: {e}", path.display())))?;
+    k.setns(f.as_fd(), flag)
+        .map_err(|e| Failure::internal(format!("setns {}", path.display()), e))
 }
 
 /// Enters the pod's namespaces and makes the container's own ones. The pid
 /// namespace is not handled here: the monitor chose it before forking us.
-pub fn enter_namespaces(spec: &ContainerSpec) -> Result<()> {
+pub fn enter_namespaces(k: &impl Kernel, spec: &ContainerSpec) -> Result<()> {
     let mut flags = CloneFlags::CLONE_NEWNS;
     for (mode, flag) in [
         (&spec.namespaces.ipc, CloneFlags::CLONE_NEWIPC),
@@ -84,12 +79,14 @@ pub fn enter_namespaces(spec: &ContainerSpec) -> Result<()> {
         match mode {
             NsMode::Host => {}
             NsMode::New => flags |= flag,
-            NsMode::Join(p) => join_ns(p, flag)?,
+            NsMode::Join(p) => join_ns(k, p, flag)?,
         }
     }
-    unshare(flags).map_err(|e| internal("unshare", e))?;
+    k.unshare(flags)
+        .map_err(|e| Failure::internal("unshare", e))?;
     if spec.namespaces.uts == NsMode::New && !spec.hostname.is_empty() {
-        sethostname(&spec.hostname).map_err(|e| internal("sethostname", e))?;
+        k.sethostname(&spec.hostname)
+            .map_err(|e| Failure::internal("sethostname", e))?;
     }
     Ok(())
 }
@@ -103,12 +100,9 @@ fn parse_caps(names: &[String]) -> Result<CapsHashSet> {
         } else {
             format!("CAP_{upper}")
         };
-        let cap: Capability = full.parse().map_err(|_| {
-            Failure::new(
-                FailureKind::InvalidArgument,
-                format!("unknown capability {n:?}"),
-            )
-        })?;
+        let cap: Capability = full
+            .parse()
+            .map_err(|_| Failure::invalid(format!("unknown capability {n:?}")))?;
         set.insert(cap);
     }
     Ok(set)
@@ -130,30 +124,33 @@ pub fn drop_privileges(spec: &ContainerSpec) -> Result<()> {
     }
     // SAFETY: PR_SET_KEEPCAPS takes an integer argument and touches no memory of ours.
     if unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) } != 0 {
-        return Err(internal("PR_SET_KEEPCAPS", std::io::Error::last_os_error()));
+        return Err(Failure::internal(
+            "PR_SET_KEEPCAPS",
+            std::io::Error::last_os_error(),
+        ));
     }
     let groups: Vec<Gid> = p
         .additional_gids
         .iter()
         .map(|g| Gid::from_raw(*g))
         .collect();
-    nix::unistd::setgroups(&groups).map_err(|e| internal("setgroups", e))?;
+    nix::unistd::setgroups(&groups).map_err(|e| Failure::internal("setgroups", e))?;
     let gid = Gid::from_raw(p.gid);
-    setresgid(gid, gid, gid).map_err(|e| internal("setresgid", e))?;
+    setresgid(gid, gid, gid).map_err(|e| Failure::internal("setresgid", e))?;
     let uid = Uid::from_raw(p.uid);
-    setresuid(uid, uid, uid).map_err(|e| internal("setresuid", e))?;
+    setresuid(uid, uid, uid).map_err(|e| Failure::internal("setresuid", e))?;
     let keep_now: CapsHashSet = keep
         .iter()
         .copied()
         .filter(|c| caps::has_cap(None, CapSet::Bounding, *c).unwrap_or(false))
         .collect();
     for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
-        caps::set(None, set, &keep_now).map_err(|e| internal("capset", e))?;
+        caps::set(None, set, &keep_now).map_err(|e| Failure::internal("capset", e))?;
     }
     if p.no_new_privileges {
         // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-            return Err(internal(
+            return Err(Failure::internal(
                 "PR_SET_NO_NEW_PRIVS",
                 std::io::Error::last_os_error(),
             ));
@@ -166,8 +163,7 @@ pub fn drop_privileges(spec: &ContainerSpec) -> Result<()> {
 pub fn find_executable(cmd: &str, env: &[String]) -> Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     if cmd.is_empty() {
-        return Err(Failure::new(
-            FailureKind::InvalidArgument,
+        return Err(Failure::invalid(
             "no command to run: the request and the image give none",
         ));
     }
@@ -186,20 +182,15 @@ pub fn find_executable(cmd: &str, env: &[String]) -> Result<PathBuf> {
             }
         }
     }
-    Err(Failure::new(
-        FailureKind::InvalidArgument,
-        format!("executable file {cmd:?} not found in $PATH ({path})"),
-    ))
+    Err(Failure::invalid(format!(
+        "executable file {cmd:?} not found in $PATH ({path})"
+    )))
 }
 
 fn cstrings<'a>(it: impl Iterator<Item = &'a [u8]>) -> Result<Vec<CString>> {
     it.map(|b| {
-        CString::new(b).map_err(|_| {
-            Failure::new(
-                FailureKind::InvalidArgument,
-                "argument or environment entry contains a NUL byte",
-            )
-        })
+        CString::new(b)
+            .map_err(|_| Failure::invalid("argument or environment entry contains a NUL byte"))
     })
     .collect()
 }
@@ -209,10 +200,9 @@ fn cstrings<'a>(it: impl Iterator<Item = &'a [u8]>) -> Result<Vec<CString>> {
 /// inherited value stays, as containerd's restrict_oom_score_adj does.
 fn set_oom_score_adj(adj: i32) -> Result<()> {
     if !(-1000..=1000).contains(&adj) {
-        return Err(Failure::new(
-            FailureKind::InvalidArgument,
-            format!("oom_score_adj {adj} is outside -1000..1000"),
-        ));
+        return Err(Failure::invalid(format!(
+            "oom_score_adj {adj} is outside -1000..1000"
+        )));
     }
     match std::fs::write("/proc/self/oom_score_adj", adj.to_string()) {
         Ok(()) => Ok(()),
@@ -221,7 +211,7 @@ fn set_oom_score_adj(adj: i32) -> Result<()> {
         {
             Ok(())
         }
-        Err(e) => Err(internal("write oom_score_adj", e)),
+        Err(e) => Err(Failure::internal("write oom_score_adj", e)),
     }
 }
 
@@ -241,15 +231,16 @@ pub struct Prepared {
 pub fn prepare_exec(spec: &ContainerSpec) -> Result<Prepared> {
     let p = &spec.process;
     let cwd = if p.cwd.is_empty() { "/" } else { &p.cwd };
-    std::fs::create_dir_all(cwd).map_err(|e| internal(&format!("create working dir {cwd}"), e))?;
-    nix::unistd::chdir(cwd).map_err(|e| internal(&format!("chdir {cwd}"), e))?;
+    std::fs::create_dir_all(cwd)
+        .map_err(|e| Failure::internal(format!("create working dir {cwd}"), e))?;
+    nix::unistd::chdir(cwd).map_err(|e| Failure::internal(format!("chdir {cwd}"), e))?;
     let first = p.args.first().map(String::as_str).unwrap_or("");
     let exe_path = find_executable(first, &p.env)?;
     let argv = cstrings(p.args.iter().map(|s| s.as_bytes()))?;
     let envp = cstrings(p.env.iter().map(|s| s.as_bytes()))?;
     let exe = cstrings(std::iter::once(exe_path.as_os_str().as_bytes()))?
         .pop()
-        .ok_or_else(|| internal("exec", "empty path"))?;
+        .ok_or_else(|| Failure::internal("exec", "empty path"))?;
     if let Some(adj) = p.oom_score_adj {
         set_oom_score_adj(adj)?;
     }
@@ -297,6 +288,14 @@ pub fn exec(spec: &ContainerSpec) -> Result<std::convert::Infallible> {
     finish_exec(prepare_exec(spec)?)
 }
 
+/// Namespaces, then the root file system, then the switch into it: all the
+/// kernel state a container's first process sets up before it waits to start.
+pub fn set_up(k: &impl Kernel, spec: &ContainerSpec) -> Result<()> {
+    enter_namespaces(k, spec)?;
+    rootfs::build(k, spec)?;
+    rootfs::pivot(k, spec)
+}
+
 /// Messages from the container's first process to its monitor, over the sync pipe.
 pub fn report(pipe: &mut File, result: &std::result::Result<(), Failure>) {
     let msg = match result {
@@ -316,11 +315,7 @@ pub fn report(pipe: &mut File, result: &std::result::Result<(), Failure>) {
 pub fn run(spec: &ContainerSpec, sync: OwnedFd, start: OwnedFd) -> ! {
     let mut sync = File::from(sync);
     let mut start = File::from(start);
-    let setup = (|| {
-        enter_namespaces(spec)?;
-        rootfs::build(spec)?;
-        rootfs::pivot(spec)
-    })();
+    let setup = set_up(&Linux, spec);
     report(&mut sync, &setup);
     if setup.is_err() {
         std::process::exit(127);
@@ -341,4 +336,95 @@ pub fn run(spec: &ContainerSpec, sync: OwnedFd, start: OwnedFd) -> ! {
     };
     report(&mut sync, &Err(err));
     std::process::exit(127)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::recording::{Call, Recording};
+    use nix::errno::Errno;
+
+    fn spec_with(ipc: NsMode, uts: NsMode, net: NsMode, hostname: &str) -> ContainerSpec {
+        ContainerSpec {
+            hostname: hostname.into(),
+            namespaces: crate::spec::Namespaces {
+                ipc,
+                uts,
+                net,
+                pid: NsMode::New,
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pod_namespaces_are_joined_before_the_own_ones_are_made() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let base = std::fs::canonicalize(d.path()).expect("canonicalize");
+        let (ipc, net) = (base.join("ipc"), base.join("net"));
+        for p in [&ipc, &net] {
+            std::fs::write(p, b"").expect("write");
+        }
+        let spec = spec_with(
+            NsMode::Join(ipc.clone()),
+            NsMode::New,
+            NsMode::Join(net.clone()),
+            "web-0",
+        );
+        let k = Recording::new();
+        enter_namespaces(&k, &spec).expect("enter");
+        assert_eq!(
+            k.calls(),
+            vec![
+                Call::Setns {
+                    ns: ipc,
+                    nstype: CloneFlags::CLONE_NEWIPC
+                },
+                Call::Setns {
+                    ns: net,
+                    nstype: CloneFlags::CLONE_NEWNET
+                },
+                Call::Unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS),
+                Call::Sethostname("web-0".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn host_namespaces_keep_only_the_mount_namespace_new() {
+        let spec = spec_with(NsMode::Host, NsMode::Host, NsMode::Host, "ignored");
+        let k = Recording::new();
+        enter_namespaces(&k, &spec).expect("enter");
+        // The host's UTS namespace: its hostname is not ours to set.
+        assert_eq!(k.calls(), vec![Call::Unshare(CloneFlags::CLONE_NEWNS)]);
+    }
+
+    #[test]
+    fn a_missing_pod_namespace_is_a_precondition_and_nothing_is_entered() {
+        let spec = spec_with(
+            NsMode::Join("/nonexistent/sycri/ipc".into()),
+            NsMode::New,
+            NsMode::New,
+            "",
+        );
+        let k = Recording::new();
+        let e = enter_namespaces(&k, &spec).expect_err("fails");
+        assert_eq!(e.kind, FailureKind::FailedPrecondition);
+        assert!(
+            e.message.contains("/nonexistent/sycri/ipc"),
+            "{}",
+            e.message
+        );
+        assert!(k.calls().is_empty());
+    }
+
+    #[test]
+    fn a_refused_unshare_is_reported_and_no_hostname_is_set() {
+        let spec = spec_with(NsMode::New, NsMode::New, NsMode::New, "h");
+        let k = Recording::new();
+        k.fail(|c| matches!(c, Call::Unshare(_)), Errno::EPERM);
+        let e = enter_namespaces(&k, &spec).expect_err("fails");
+        assert_eq!(e.message, format!("unshare: {}", Errno::EPERM));
+        assert_eq!(k.calls().len(), 1);
+    }
 }

@@ -3,32 +3,29 @@
 //! read-only paths, then pivot_root. Runs in the container's first process,
 //! single-threaded, before exec.
 
+use crate::failure::{Failure, FailureKind};
+use crate::kernel::Kernel;
 use crate::resolve::{self, Create};
-use crate::spec::{BindMount, ContainerSpec, Failure, FailureKind, Propagation};
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-use nix::unistd::{chdir, fchdir, pivot_root};
+use crate::spec::{BindMount, ContainerSpec, Propagation};
+use nix::mount::{MntFlags, MsFlags};
+use nix::sys::stat::{makedev, Mode, SFlag};
 use std::fs;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::symlink;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 type Result<T> = std::result::Result<T, Failure>;
 
-fn internal(what: &str, e: impl std::fmt::Display) -> Failure {
-    Failure::new(FailureKind::Internal, format!("{what}: {e}"))
-}
-
 fn do_mount(
+    k: &impl Kernel,
     src: Option<&Path>,
     target: &Path,
     fstype: Option<&str>,
     flags: MsFlags,
     data: Option<&str>,
 ) -> Result<()> {
-    mount(src, target, fstype, flags, data).map_err(|e| {
-        internal(
-            &format!(
+    k.mount(src, target, fstype, flags, data).map_err(|e| {
+        Failure::internal(
+            format!(
                 "mount {} on {} ({})",
                 src.map(|p| p.display().to_string()).unwrap_or_default(),
                 target.display(),
@@ -44,9 +41,17 @@ fn inside(root: &Path, rel: &str) -> PathBuf {
     root.join(rel.trim_start_matches('/'))
 }
 
+/// Where the host's device nodes are, which the container's /dev binds.
+const HOST_DEV: &str = "/dev";
+
 /// Mounts the overlay root at `spec.rootfs_mountpoint` and everything under it.
 /// The calling process must already be alone in a new mount namespace.
-pub fn build(spec: &ContainerSpec) -> Result<()> {
+pub fn build(k: &impl Kernel, spec: &ContainerSpec) -> Result<()> {
+    assemble(k, spec, Path::new(HOST_DEV))
+}
+
+/// [`build`], with the host's device nodes looked for in `host_dev`.
+fn assemble(k: &impl Kernel, spec: &ContainerSpec, host_dev: &Path) -> Result<()> {
     let root = spec.rootfs_mountpoint.as_path();
     if spec
         .mounts
@@ -58,19 +63,20 @@ pub fn build(spec: &ContainerSpec) -> Result<()> {
         // rootfs becomes a slave: whatever we mount under it (the rootfs and
         // all inside) stays ours. pivot() keeps our unmounts from the host.
         let real = fs::canonicalize(root)
-            .map_err(|e| internal(&format!("resolve {}", root.display()), e))?;
+            .map_err(|e| Failure::internal(format!("resolve {}", root.display()), e))?;
         let holder = crate::mounts::mountinfo()
-            .map_err(|e| internal("read mountinfo", e))?
+            .map_err(|e| Failure::internal("read mountinfo", e))?
             .into_iter()
             .map(|m| m.mount_point)
             .filter(|mp| real.starts_with(mp))
             .max_by_key(|mp| mp.components().count())
-            .ok_or_else(|| internal("find the mount of the rootfs", real.display()))?;
-        do_mount(None, &holder, None, MsFlags::MS_SLAVE, None)?;
+            .ok_or_else(|| Failure::internal("find the mount of the rootfs", real.display()))?;
+        do_mount(k, None, &holder, None, MsFlags::MS_SLAVE, None)?;
     } else {
         // Nothing we mount may leak back to the host, but host mounts may still
         // reach us for HOST_TO_CONTAINER mounts: rslave.
         do_mount(
+            k,
             None,
             Path::new("/"),
             None,
@@ -82,7 +88,8 @@ pub fn build(spec: &ContainerSpec) -> Result<()> {
     let upper = spec.layer_dir.join("upper");
     let work = spec.layer_dir.join("work");
     for d in [&upper, &work] {
-        fs::create_dir_all(d).map_err(|e| internal(&format!("create {}", d.display()), e))?;
+        fs::create_dir_all(d)
+            .map_err(|e| Failure::internal(format!("create {}", d.display()), e))?;
     }
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
@@ -91,6 +98,7 @@ pub fn build(spec: &ContainerSpec) -> Result<()> {
         work.display()
     );
     do_mount(
+        k,
         Some(Path::new("overlay")),
         root,
         Some("overlay"),
@@ -98,17 +106,17 @@ pub fn build(spec: &ContainerSpec) -> Result<()> {
         Some(&opts),
     )?;
 
-    mount_proc_sys(spec, root)?;
-    mount_dev(spec, root)?;
+    mount_proc_sys(k, spec, root)?;
+    mount_dev(k, spec, root, host_dev)?;
     for m in &spec.mounts {
-        bind_mount(root, m)?;
+        bind_mount(k, root, m)?;
     }
     if !spec.privileged {
         for p in &spec.masked_paths {
-            mask_path(root, p)?;
+            mask_path(k, root, p)?;
         }
         for p in &spec.readonly_paths {
-            readonly_path(root, p)?;
+            readonly_path(k, root, p)?;
         }
     }
     Ok(())
@@ -116,19 +124,20 @@ pub fn build(spec: &ContainerSpec) -> Result<()> {
 
 fn mkdir_in(root: &Path, rel: &str) -> Result<PathBuf> {
     let fd = resolve::open_in_root(root, Path::new(rel), Create::Dir)
-        .map_err(|e| Failure::new(FailureKind::InvalidArgument, e.to_string()))?;
+        .map_err(|e| Failure::invalid(e.to_string()))?;
     let p = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
     // Keep the fd alive for as long as the path is used: leak it into the returned
     // path's lifetime by converting to a real path instead.
-    let real = fs::read_link(&p).map_err(|e| internal("readlink", e))?;
+    let real = fs::read_link(&p).map_err(|e| Failure::internal("readlink", e))?;
     drop(fd);
     Ok(real)
 }
 
-fn mount_proc_sys(spec: &ContainerSpec, root: &Path) -> Result<()> {
+fn mount_proc_sys(k: &impl Kernel, spec: &ContainerSpec, root: &Path) -> Result<()> {
     let common = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let proc_dir = mkdir_in(root, "/proc")?;
     do_mount(
+        k,
         Some(Path::new("proc")),
         &proc_dir,
         Some("proc"),
@@ -144,17 +153,18 @@ fn mount_proc_sys(spec: &ContainerSpec, root: &Path) -> Result<()> {
     // sysfs shows the network devices of the mounting process's network namespace;
     // when that is the host's and we are not privileged, a read-only bind is safer
     // and equivalent.
-    if let Err(e) = mount(
+    if let Err(e) = k.mount(
         Some(Path::new("sysfs")),
         &sys_dir,
         Some("sysfs"),
         common | ro,
-        None::<&str>,
+        None,
     ) {
         if e != nix::errno::Errno::EPERM {
-            return Err(internal("mount sysfs", e));
+            return Err(Failure::internal("mount sysfs", e));
         }
         do_mount(
+            k,
             Some(Path::new("/sys")),
             &sys_dir,
             None,
@@ -162,6 +172,7 @@ fn mount_proc_sys(spec: &ContainerSpec, root: &Path) -> Result<()> {
             None,
         )?;
         do_mount(
+            k,
             None,
             &sys_dir,
             None,
@@ -172,6 +183,7 @@ fn mount_proc_sys(spec: &ContainerSpec, root: &Path) -> Result<()> {
         // send to it (the host's mounts are still shared here when the
         // container has a BIDIRECTIONAL mount).
         do_mount(
+            k,
             None,
             &sys_dir,
             None,
@@ -191,13 +203,14 @@ const DEVICES: &[(&str, u64, u64)] = &[
     ("tty", 5, 0),
 ];
 
-fn mount_dev(spec: &ContainerSpec, root: &Path) -> Result<()> {
+fn mount_dev(k: &impl Kernel, spec: &ContainerSpec, root: &Path, host_dev: &Path) -> Result<()> {
     let dev = mkdir_in(root, "/dev")?;
     // nodev: a device node the container makes here (it holds CAP_MKNOD by
     // default) cannot be opened, so it cannot reach the host's disks; the
     // standard devices are bind mounts of the host's nodes, each a mount of
     // its own that keeps working.
     do_mount(
+        k,
         Some(Path::new("tmpfs")),
         &dev,
         Some("tmpfs"),
@@ -206,19 +219,23 @@ fn mount_dev(spec: &ContainerSpec, root: &Path) -> Result<()> {
     )?;
     for (name, major, minor) in DEVICES {
         let p = dev.join(name);
-        fs::File::create(&p).map_err(|e| internal(&format!("create {}", p.display()), e))?;
-        let host = Path::new("/dev").join(name);
+        fs::File::create(&p)
+            .map_err(|e| Failure::internal(format!("create {}", p.display()), e))?;
+        let host = host_dev.join(name);
         let is_device = fs::metadata(&host).is_ok_and(|m| {
             use std::os::unix::fs::{FileTypeExt, MetadataExt};
             m.file_type().is_char_device() && m.rdev() == makedev(*major, *minor)
         });
         if is_device {
-            do_mount(Some(&host), &p, None, MsFlags::MS_BIND, None)?;
+            do_mount(k, Some(&host), &p, None, MsFlags::MS_BIND, None)?;
         } else {
-            // The host's /dev lacks it: a node on a nodev tmpfs of its own.
+            // The host's /dev lacks it: a node on a tmpfs of its own, which
+            // (unlike /dev) is not nodev, so that the node, bound from it,
+            // can be opened.
             let holder = dev.join(format!(".{name}"));
-            fs::create_dir(&holder).map_err(|e| internal("mkdir device holder", e))?;
+            fs::create_dir(&holder).map_err(|e| Failure::internal("mkdir device holder", e))?;
             do_mount(
+                k,
                 Some(Path::new("tmpfs")),
                 &holder,
                 Some("tmpfs"),
@@ -226,18 +243,18 @@ fn mount_dev(spec: &ContainerSpec, root: &Path) -> Result<()> {
                 Some("mode=755,size=4k"),
             )?;
             let node = holder.join(name);
-            mknod(
+            k.mknod(
                 &node,
                 SFlag::S_IFCHR,
                 Mode::from_bits_truncate(0o666),
                 makedev(*major, *minor),
             )
-            .map_err(|e| internal(&format!("mknod {}", node.display()), e))?;
+            .map_err(|e| Failure::internal(format!("mknod {}", node.display()), e))?;
             fs::set_permissions(&node, std::os::unix::fs::PermissionsExt::from_mode(0o666))
-                .map_err(|e| internal("chmod device", e))?;
-            do_mount(Some(&node), &p, None, MsFlags::MS_BIND, None)?;
-            umount2(&holder, MntFlags::MNT_DETACH)
-                .map_err(|e| internal("detach device holder", e))?;
+                .map_err(|e| Failure::internal("chmod device", e))?;
+            do_mount(k, Some(&node), &p, None, MsFlags::MS_BIND, None)?;
+            k.umount2(&holder, MntFlags::MNT_DETACH)
+                .map_err(|e| Failure::internal("detach device holder", e))?;
             let _ = fs::remove_dir(&holder);
         }
     }
@@ -249,11 +266,13 @@ fn mount_dev(spec: &ContainerSpec, root: &Path) -> Result<()> {
         ("ptmx", "pts/ptmx"),
         ("core", "/proc/kcore"),
     ] {
-        symlink(target, dev.join(link)).map_err(|e| internal("symlink in /dev", e))?;
+        k.symlink(Path::new(target), &dev.join(link))
+            .map_err(|e| Failure::internal("symlink in /dev", e))?;
     }
     let pts = dev.join("pts");
-    fs::create_dir(&pts).map_err(|e| internal("mkdir /dev/pts", e))?;
+    fs::create_dir(&pts).map_err(|e| Failure::internal("mkdir /dev/pts", e))?;
     do_mount(
+        k,
         Some(Path::new("devpts")),
         &pts,
         Some("devpts"),
@@ -261,10 +280,11 @@ fn mount_dev(spec: &ContainerSpec, root: &Path) -> Result<()> {
         Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
     )?;
     let shm = dev.join("shm");
-    fs::create_dir(&shm).map_err(|e| internal("mkdir /dev/shm", e))?;
+    fs::create_dir(&shm).map_err(|e| Failure::internal("mkdir /dev/shm", e))?;
     match &spec.shm {
         Some(src) => {
             do_mount(
+                k,
                 Some(src),
                 &shm,
                 None,
@@ -273,11 +293,19 @@ fn mount_dev(spec: &ContainerSpec, root: &Path) -> Result<()> {
             )?;
             // The pod's shm, shared with its other containers, but nothing
             // mounted on it here reaches them or the host.
-            do_mount(None, &shm, None, MsFlags::MS_SLAVE | MsFlags::MS_REC, None)?
+            do_mount(
+                k,
+                None,
+                &shm,
+                None,
+                MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                None,
+            )?
         }
         None => {
             let size = spec.shm_size.unwrap_or(64 << 20);
             do_mount(
+                k,
                 Some(Path::new("shm")),
                 &shm,
                 Some("tmpfs"),
@@ -287,8 +315,9 @@ fn mount_dev(spec: &ContainerSpec, root: &Path) -> Result<()> {
         }
     }
     let mq = dev.join("mqueue");
-    fs::create_dir(&mq).map_err(|e| internal("mkdir /dev/mqueue", e))?;
+    fs::create_dir(&mq).map_err(|e| Failure::internal("mkdir /dev/mqueue", e))?;
     do_mount(
+        k,
         Some(Path::new("mqueue")),
         &mq,
         Some("mqueue"),
@@ -298,11 +327,18 @@ fn mount_dev(spec: &ContainerSpec, root: &Path) -> Result<()> {
     // The device binds are copies of the host's /dev mount: with the host's
     // mounts still shared (a BIDIRECTIONAL volume), a mount over one of
     // them must not land on the host's /dev.
-    do_mount(None, &dev, None, MsFlags::MS_SLAVE | MsFlags::MS_REC, None)?;
+    do_mount(
+        k,
+        None,
+        &dev,
+        None,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None,
+    )?;
     Ok(())
 }
 
-fn bind_mount(root: &Path, m: &BindMount) -> Result<()> {
+fn bind_mount(k: &impl Kernel, root: &Path, m: &BindMount) -> Result<()> {
     let meta = fs::metadata(&m.source).map_err(|e| {
         let kind = if e.kind() == std::io::ErrorKind::NotFound {
             FailureKind::NotFound
@@ -317,13 +353,14 @@ fn bind_mount(root: &Path, m: &BindMount) -> Result<()> {
         Create::File
     };
     let target = resolve::open_in_root(root, &m.destination, create).map_err(|e| {
-        Failure::new(
-            FailureKind::InvalidArgument,
-            format!("mount destination {}: {e}", m.destination.display()),
-        )
+        Failure::invalid(format!(
+            "mount destination {}: {e}",
+            m.destination.display()
+        ))
     })?;
     let target_path = PathBuf::from(format!("/proc/self/fd/{}", target.as_raw_fd()));
     do_mount(
+        k,
         Some(&m.source),
         &target_path,
         None,
@@ -332,10 +369,11 @@ fn bind_mount(root: &Path, m: &BindMount) -> Result<()> {
     )?;
     // The fd still names the directory underneath; reopen the new mount through
     // its resolved path to change its flags.
-    let real = fs::read_link(&target_path).map_err(|e| internal("readlink", e))?;
+    let real = fs::read_link(&target_path).map_err(|e| Failure::internal("readlink", e))?;
     drop(target);
     if m.readonly {
         do_mount(
+            k,
             None,
             &real,
             None,
@@ -348,10 +386,10 @@ fn bind_mount(root: &Path, m: &BindMount) -> Result<()> {
         Propagation::Slave => MsFlags::MS_SLAVE,
         Propagation::Shared => MsFlags::MS_SHARED,
     };
-    do_mount(None, &real, None, prop | MsFlags::MS_REC, None)
+    do_mount(k, None, &real, None, prop | MsFlags::MS_REC, None)
 }
 
-fn mask_path(root: &Path, p: &str) -> Result<()> {
+fn mask_path(k: &impl Kernel, root: &Path, p: &str) -> Result<()> {
     let target = inside(root, p);
     let meta = match fs::symlink_metadata(&target) {
         Ok(m) => m,
@@ -359,6 +397,7 @@ fn mask_path(root: &Path, p: &str) -> Result<()> {
     };
     if meta.is_dir() {
         do_mount(
+            k,
             Some(Path::new("tmpfs")),
             &target,
             Some("tmpfs"),
@@ -367,6 +406,7 @@ fn mask_path(root: &Path, p: &str) -> Result<()> {
         )
     } else {
         do_mount(
+            k,
             Some(&inside(root, "/dev/null")),
             &target,
             None,
@@ -376,12 +416,13 @@ fn mask_path(root: &Path, p: &str) -> Result<()> {
     }
 }
 
-fn readonly_path(root: &Path, p: &str) -> Result<()> {
+fn readonly_path(k: &impl Kernel, root: &Path, p: &str) -> Result<()> {
     let target = inside(root, p);
     if fs::symlink_metadata(&target).is_err() {
         return Ok(());
     }
     do_mount(
+        k,
         Some(&target),
         &target,
         None,
@@ -389,6 +430,7 @@ fn readonly_path(root: &Path, p: &str) -> Result<()> {
         None,
     )?;
     do_mount(
+        k,
         None,
         &target,
         None,
@@ -403,30 +445,37 @@ fn readonly_path(root: &Path, p: &str) -> Result<()> {
 }
 
 /// Makes the assembled rootfs the process's root and drops every host mount.
-pub fn pivot(spec: &ContainerSpec) -> Result<()> {
+pub fn pivot(k: &impl Kernel, spec: &ContainerSpec) -> Result<()> {
     let root = spec.rootfs_mountpoint.as_path();
     // A handle on the old root: "." after pivot_root names the new root's
     // mount, not the old one stacked on it.
-    let old_root = fs::File::open("/").map_err(|e| internal("open old root", e))?;
-    chdir(root).map_err(|e| internal("chdir rootfs", e))?;
-    pivot_root(".", ".").map_err(|e| internal("pivot_root", e))?;
+    let old_root = fs::File::open("/").map_err(|e| Failure::internal("open old root", e))?;
+    k.chdir(root)
+        .map_err(|e| Failure::internal("chdir rootfs", e))?;
+    k.pivot_root(Path::new("."), Path::new("."))
+        .map_err(|e| Failure::internal("pivot_root", e))?;
     // The old root is now stacked on top of the new one at "/". Made a slave
     // first (recursively: only the host's mounts are under it), so that
     // detaching it cannot reach the host's mounts, which are still shared
     // when the container has a BIDIRECTIONAL mount.
-    fchdir(&old_root).map_err(|e| internal("fchdir old root", e))?;
+    k.fchdir(old_root.as_fd())
+        .map_err(|e| Failure::internal("fchdir old root", e))?;
     do_mount(
+        k,
         None,
         Path::new("."),
         None,
         MsFlags::MS_SLAVE | MsFlags::MS_REC,
         None,
     )?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(|e| internal("detach old root", e))?;
+    k.umount2(Path::new("."), MntFlags::MNT_DETACH)
+        .map_err(|e| Failure::internal("detach old root", e))?;
     drop(old_root);
-    chdir("/").map_err(|e| internal("chdir /", e))?;
+    k.chdir(Path::new("/"))
+        .map_err(|e| Failure::internal("chdir /", e))?;
     if spec.readonly_rootfs {
         do_mount(
+            k,
             None,
             Path::new("/"),
             None,
@@ -436,3 +485,6 @@ pub fn pivot(spec: &ContainerSpec) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

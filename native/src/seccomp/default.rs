@@ -9,7 +9,7 @@
 //! namespaces without CAP_SYS_ADMIN; clone3() answers ENOSYS (its flags are
 //! in memory a filter cannot read), which makes libc fall back to clone().
 
-use super::{ArgCondition, Profile, SyscallRule};
+use super::profile::{ArgCondition, Profile, SyscallRule};
 
 /// Syscalls denied unless the container holds the capability.
 const GUARDED: &[(&str, &[&str])] = &[

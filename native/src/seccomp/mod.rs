@@ -9,58 +9,14 @@
 //! halves. First match wins; no match takes the profile's default action.
 
 mod default;
+mod profile;
 mod syscalls;
 
 pub use default::runtime_default;
+pub use profile::{ArgCondition, Profile, SyscallRule};
 
-use crate::spec::{Failure, FailureKind};
+use crate::failure::{Failure, FailureKind};
 use serde::{Deserialize, Serialize};
-
-/// An OCI seccomp profile (runtime-spec `linux.seccomp`), as Localhost
-/// profiles are written.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct Profile {
-    pub default_action: String,
-    #[serde(default)]
-    pub default_errno_ret: Option<u32>,
-    #[serde(default)]
-    pub architectures: Vec<String>,
-    #[serde(default)]
-    pub flags: Vec<String>,
-    #[serde(default)]
-    pub syscalls: Vec<SyscallRule>,
-    /// Docker's profile format lists architectures here; accepted, not needed.
-    #[serde(default, rename = "archMap")]
-    pub arch_map: Option<serde_json::Value>,
-    #[serde(default, rename = "listenerPath")]
-    pub listener_path: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct SyscallRule {
-    #[serde(default)]
-    pub names: Vec<String>,
-    /// Docker's older single-name form.
-    #[serde(default)]
-    pub name: Option<String>,
-    pub action: String,
-    #[serde(default)]
-    pub errno_ret: Option<u32>,
-    #[serde(default)]
-    pub args: Vec<ArgCondition>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct ArgCondition {
-    pub index: u32,
-    pub value: u64,
-    #[serde(default)]
-    pub value_two: u64,
-    pub op: String,
-}
 
 /// One classic BPF instruction (`struct sock_filter`).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,10 +76,6 @@ const ARCH_NAMES: [&str; 1] = ["SCMP_ARCH_AARCH64"];
 const MAX_INSNS: usize = 4096;
 const EPERM: u32 = 1;
 
-fn invalid(msg: String) -> Failure {
-    Failure::new(FailureKind::InvalidArgument, msg)
-}
-
 /// The syscall number of `name` on this architecture.
 pub fn syscall_number(name: &str) -> Option<u32> {
     syscalls::SYSCALLS
@@ -142,7 +94,7 @@ fn action(name: &str, errno: Option<u32>, default_errno: u32) -> Result<u32, Fai
         "SCMP_ACT_LOG" => RET_LOG,
         "SCMP_ACT_ALLOW" => RET_ALLOW,
         other => {
-            return Err(invalid(format!(
+            return Err(Failure::invalid(format!(
                 "seccomp action {other:?} is not supported (SCMP_ACT_NOTIFY needs a listener sycri does not run)"
             )))
         }
@@ -230,8 +182,8 @@ impl Asm {
                                     .checked_sub(here + 1)
                                     .and_then(|d| u8::try_from(d).ok())
                                     .ok_or_else(|| {
-                                        invalid(
-                                            "seccomp profile: a rule is too long to compile".into(),
+                                        Failure::invalid(
+                                            "seccomp profile: a rule is too long to compile",
                                         )
                                     })
                             }
@@ -247,7 +199,7 @@ impl Asm {
             }
         }
         if out.len() > MAX_INSNS {
-            return Err(invalid(format!(
+            return Err(Failure::invalid(format!(
                 "seccomp profile compiles to {} instructions, more than the kernel's {MAX_INSNS}",
                 out.len()
             )));
@@ -260,7 +212,7 @@ impl Asm {
 /// jumps to `fail` when not.
 fn condition(a: &mut Asm, c: &ArgCondition, fail: usize) -> Result<(), Failure> {
     if c.index > 5 {
-        return Err(invalid(format!(
+        return Err(Failure::invalid(format!(
             "seccomp argument index {} is beyond the six a syscall has",
             c.index
         )));
@@ -324,7 +276,7 @@ fn condition(a: &mut Asm, c: &ArgCondition, fail: usize) -> Result<(), Failure> 
             a.place(pass);
         }
         other => {
-            return Err(invalid(format!(
+            return Err(Failure::invalid(format!(
             "seccomp comparison {other:?} is not one of SCMP_CMP_EQ, NE, LT, LE, GT, GE, MASKED_EQ"
         )))
         }
@@ -343,7 +295,7 @@ pub fn compile(p: &Profile) -> Result<Filter, Failure> {
             .iter()
             .any(|a| ARCH_NAMES.contains(&a.as_str()))
     {
-        return Err(invalid(format!(
+        return Err(Failure::invalid(format!(
             "seccomp profile is for {:?}, not this machine ({})",
             p.architectures, ARCH_NAMES[0]
         )));
@@ -354,7 +306,11 @@ pub fn compile(p: &Profile) -> Result<Filter, Failure> {
             "SECCOMP_FILTER_FLAG_LOG" => 2,
             "SECCOMP_FILTER_FLAG_SPEC_ALLOW" => 4,
             "SECCOMP_FILTER_FLAG_TSYNC" => 0,
-            other => return Err(invalid(format!("seccomp flag {other:?} is not supported"))),
+            other => {
+                return Err(Failure::invalid(format!(
+                    "seccomp flag {other:?} is not supported"
+                )))
+            }
         };
     }
 
@@ -414,7 +370,7 @@ pub fn compile(p: &Profile) -> Result<Filter, Failure> {
 /// Parses and compiles a profile file's contents.
 pub fn compile_json(json: &[u8]) -> Result<Filter, Failure> {
     let p: Profile = serde_json::from_slice(json)
-        .map_err(|e| invalid(format!("seccomp profile is not valid JSON: {e}")))?;
+        .map_err(|e| Failure::invalid(format!("seccomp profile is not valid JSON: {e}")))?;
     compile(&p)
 }
 
@@ -422,7 +378,7 @@ pub fn compile_json(json: &[u8]) -> Result<Filter, Failure> {
 /// single-threaded). Needs no_new_privs or CAP_SYS_ADMIN.
 pub fn install(f: &Filter) -> Result<(), Failure> {
     let len =
-        u16::try_from(f.program.len()).map_err(|_| invalid("seccomp program too long".into()))?;
+        u16::try_from(f.program.len()).map_err(|_| Failure::invalid("seccomp program too long"))?;
     let filters: Vec<libc::sock_filter> = f
         .program
         .iter()

@@ -1,5 +1,6 @@
 //! Errors produced while reading or writing SIF images.
 
+use super::squashfs::SquashfsError;
 use super::types::FsType;
 
 /// Everything that can go wrong with a SIF image. Messages are meant for users.
@@ -63,6 +64,13 @@ pub enum SifError {
 
     #[error("SIF partition {id} claims to be squashfs but does not start with the squashfs magic \"hsqs\" (found {found})")]
     NotSquashfs { id: u32, found: String },
+
+    #[error("SIF root filesystem (partition {id}) cannot be mounted: {source}")]
+    BadSquashfs {
+        id: u32,
+        #[source]
+        source: SquashfsError,
+    },
 
     #[error("SIF root filesystem (partition {id}) has type {fs}, only squashfs is supported")]
     UnsupportedFilesystem { id: u32, fs: FsType },

@@ -157,3 +157,58 @@ pub(crate) fn check_arch(arch: &str) -> Result<(), SifError> {
         )))
     }
 }
+
+/// SIF arch code of the target this crate is built for ("02" on x86_64, "04" on
+/// aarch64, "00" when SIF has no code for it).
+pub fn host_arch() -> &'static str {
+    if cfg!(target_arch = "x86_64") {
+        "02"
+    } else if cfg!(target_arch = "x86") {
+        "01"
+    } else if cfg!(target_arch = "aarch64") {
+        "04"
+    } else if cfg!(target_arch = "arm") {
+        "03"
+    } else if cfg!(all(target_arch = "powerpc64", target_endian = "big")) {
+        "05"
+    } else if cfg!(all(target_arch = "powerpc64", target_endian = "little")) {
+        "06"
+    } else if cfg!(all(target_arch = "mips", target_endian = "big")) {
+        "07"
+    } else if cfg!(all(target_arch = "mips", target_endian = "little")) {
+        "08"
+    } else if cfg!(all(target_arch = "mips64", target_endian = "big")) {
+        "09"
+    } else if cfg!(all(target_arch = "mips64", target_endian = "little")) {
+        "10"
+    } else if cfg!(target_arch = "s390x") {
+        "11"
+    } else if cfg!(target_arch = "riscv64") {
+        "12"
+    } else if cfg!(target_arch = "loongarch64") {
+        "13"
+    } else {
+        "00"
+    }
+}
+
+/// Go-style architecture name of a SIF arch code ("02" -> "amd64"); `None` if unknown.
+pub fn arch_name(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "00" => "unknown",
+        "01" => "386",
+        "02" => "amd64",
+        "03" => "arm",
+        "04" => "arm64",
+        "05" => "ppc64",
+        "06" => "ppc64le",
+        "07" => "mips",
+        "08" => "mipsle",
+        "09" => "mips64",
+        "10" => "mips64le",
+        "11" => "s390x",
+        "12" => "riscv64",
+        "13" => "loong64",
+        _ => return None,
+    })
+}

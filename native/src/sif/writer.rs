@@ -9,9 +9,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::descriptor::{Descriptor, DESCRIPTOR_SIZE};
 use super::error::SifError;
-use super::header::{check_arch, Header, HEADER_SIZE, LAUNCH_SCRIPT, SIF_VERSION};
-use super::types::{DataType, Extra, FsType, PartType};
-use super::{host_arch, SifImage, MAX_DESCRIPTORS, SQUASHFS_MAGIC};
+use super::header::{check_arch, host_arch, Header, HEADER_SIZE, LAUNCH_SCRIPT, SIF_VERSION};
+use super::image::{SifImage, MAX_DESCRIPTORS};
+use super::squashfs::SQUASHFS_MAGIC;
+use super::types::{DataType, Extra, FsType, Link, PartType};
 
 /// Descriptor slots in a new image (more are added when there are more objects).
 pub const DEFAULT_DESCRIPTORS: u64 = 48;
@@ -250,7 +251,7 @@ impl<'a> SifBuilder<'a> {
                 data_type: obj.data_type,
                 id,
                 group_id: Some(1),
-                link: super::Link::None,
+                link: Link::None,
                 offset: start,
                 size,
                 size_with_padding: (start - pos) + size,

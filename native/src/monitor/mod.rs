@@ -14,123 +14,34 @@
 //! created with stdin). With `stdin_once`, the first client that closes stdin
 //! closes the container's stdin. A client that does not keep up is
 //! disconnected: buffers are bounded and the monitor never blocks on a client.
+//!
+//! Here: the monitor process and its poll loop. The wire protocol is in
+//! `protocol.rs`, an attached client's buffers in `clients.rs`.
+
+mod clients;
+pub mod protocol;
+
+// The protocol at its old paths, for the server.
+pub use protocol::{attach, Ready, Request, Response};
 
 use crate::container;
 use crate::crilog::{CriLog, Stream};
-use crate::spec::{ContainerSpec, ExitStatus, Failure, FailureKind, NsMode};
+use crate::failure::{Failure, FailureKind};
+use crate::spec::{ContainerSpec, ExitStatus, NsMode};
 use crate::util::{now_ns, redirect_to_devnull, write_atomic};
+use clients::Client;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, pipe2, setsid, ForkResult, Pid};
-use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// A request on the monitor's control socket (one JSON line per connection).
-#[derive(Serialize, Deserialize, Debug)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
-    /// Let the container's process exec its command.
-    Start,
-    /// Reopen the log file at its path (after rotation).
-    ReopenLog,
-    /// Turn this connection into an attach stream (see [`attach`]).
-    Attach {
-        #[serde(default)]
-        stdin: bool,
-        #[serde(default)]
-        stdout: bool,
-        #[serde(default)]
-        stderr: bool,
-        /// What the client expects; the container's own setting decides.
-        #[serde(default)]
-        tty: bool,
-    },
-}
-
-/// The attach stream's framing, both directions: a 5-byte header (channel,
-/// then payload length as u32 big-endian) and the payload.
-///
-/// Client to monitor: [`STDIN`] data; [`CLOSE_STDIN`] (empty) when the client's
-/// stdin ended; [`RESIZE`] with width and height as u16 big-endian (tty only).
-/// Monitor to client: [`STDOUT`] and [`STDERR`] data (a tty has stdout only).
-/// The monitor closes the connection when the container's output has ended
-/// (the container exited) or when the client is too slow.
-pub mod attach {
-    pub const STDIN: u8 = 0;
-    pub const STDOUT: u8 = 1;
-    pub const STDERR: u8 = 2;
-    pub const CLOSE_STDIN: u8 = 3;
-    pub const RESIZE: u8 = 4;
-    pub const HEADER: usize = 5;
-    /// Largest payload of one frame.
-    pub const MAX_PAYLOAD: usize = 32 * 1024;
-
-    /// One frame; `data` must not exceed [`MAX_PAYLOAD`].
-    pub fn encode(ch: u8, data: &[u8]) -> Vec<u8> {
-        let mut f = Vec::with_capacity(HEADER + data.len());
-        push(&mut f, ch, data);
-        f
-    }
-
-    /// As many frames as `data` needs.
-    pub fn encode_all(ch: u8, data: &[u8]) -> Vec<u8> {
-        let mut f = Vec::with_capacity(HEADER * 2 + data.len());
-        for chunk in data.chunks(MAX_PAYLOAD) {
-            push(&mut f, ch, chunk);
-        }
-        f
-    }
-
-    pub fn push(out: &mut Vec<u8>, ch: u8, data: &[u8]) {
-        out.push(ch);
-        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        out.extend_from_slice(data);
-    }
-
-    /// (channel, payload length) from a header.
-    pub fn parse_header(h: &[u8; HEADER]) -> (u8, usize) {
-        (h[0], u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize)
-    }
-
-    pub fn resize_payload(width: u16, height: u16) -> [u8; 4] {
-        let w = width.to_be_bytes();
-        let h = height.to_be_bytes();
-        [w[0], w[1], h[0], h[1]]
-    }
-}
-
-/// The answer to a [`Request`].
-#[derive(Serialize, Deserialize, Debug)]
-pub struct Response {
-    pub ok: bool,
-    #[serde(default)]
-    pub error: Option<Failure>,
-}
-
-/// The monitor's first and only line on stdout.
-#[derive(Serialize, Deserialize, Debug)]
-pub struct Ready {
-    #[serde(default)]
-    pub pid: Option<i32>,
-    #[serde(default)]
-    pub error: Option<Failure>,
-}
-
-fn fail(kind: FailureKind, what: &str, e: impl std::fmt::Display) -> Failure {
-    Failure::new(kind, format!("{what}: {e}"))
-}
-
-fn internal(what: &str, e: impl std::fmt::Display) -> Failure {
-    fail(FailureKind::Internal, what, e)
-}
 
 struct Stdio {
     /// Ends the container gets as fds 0, 1, 2.
@@ -145,14 +56,18 @@ struct Stdio {
 fn make_stdio(spec: &ContainerSpec) -> Result<Stdio, Failure> {
     let p = &spec.process;
     if p.tty {
-        let pty = nix::pty::openpty(None, None).map_err(|e| internal("openpty", e))?;
+        let pty = nix::pty::openpty(None, None).map_err(|e| Failure::internal("openpty", e))?;
         let slave = pty.slave;
-        let s1 = slave.try_clone().map_err(|e| internal("dup", e))?;
-        let s2 = slave.try_clone().map_err(|e| internal("dup", e))?;
+        let s1 = slave.try_clone().map_err(|e| Failure::internal("dup", e))?;
+        let s2 = slave.try_clone().map_err(|e| Failure::internal("dup", e))?;
         let master = pty.master;
         set_cloexec(master.as_raw_fd());
         let stdin = if p.stdin {
-            Some(master.try_clone().map_err(|e| internal("dup", e))?)
+            Some(
+                master
+                    .try_clone()
+                    .map_err(|e| Failure::internal("dup", e))?,
+            )
         } else {
             None
         };
@@ -165,13 +80,13 @@ fn make_stdio(spec: &ContainerSpec) -> Result<Stdio, Failure> {
         });
     }
     let flags = nix::fcntl::OFlag::O_CLOEXEC;
-    let (out_r, out_w) = pipe2(flags).map_err(|e| internal("pipe", e))?;
-    let (err_r, err_w) = pipe2(flags).map_err(|e| internal("pipe", e))?;
+    let (out_r, out_w) = pipe2(flags).map_err(|e| Failure::internal("pipe", e))?;
+    let (err_r, err_w) = pipe2(flags).map_err(|e| Failure::internal("pipe", e))?;
     let (in_child, in_ours) = if p.stdin {
-        let (r, w) = pipe2(flags).map_err(|e| internal("pipe", e))?;
+        let (r, w) = pipe2(flags).map_err(|e| Failure::internal("pipe", e))?;
         (r, Some(w))
     } else {
-        let null = File::open("/dev/null").map_err(|e| internal("open /dev/null", e))?;
+        let null = File::open("/dev/null").map_err(|e| Failure::internal("open /dev/null", e))?;
         (OwnedFd::from(null), None)
     };
     Ok(Stdio {
@@ -201,43 +116,25 @@ fn set_nonblocking(fd: RawFd) {
 fn enter_pid_namespace(spec: &ContainerSpec) -> Result<(), Failure> {
     match &spec.namespaces.pid {
         NsMode::Host => Ok(()),
-        NsMode::New => unshare(CloneFlags::CLONE_NEWPID).map_err(|e| internal("unshare pid", e)),
+        NsMode::New => {
+            unshare(CloneFlags::CLONE_NEWPID).map_err(|e| Failure::internal("unshare pid", e))
+        }
         NsMode::Join(p) => {
             let f = File::open(p).map_err(|e| {
-                fail(
+                Failure::caused(
                     FailureKind::FailedPrecondition,
-                    &format!("open pid namespace {}", p.display()),
+                    format!("open pid namespace {}", p.display()),
                     e,
                 )
             })?;
-            setns(f, CloneFlags::CLONE_NEWPID).map_err(|e| internal("setns pid", e))
+            setns(f, CloneFlags::CLONE_NEWPID).map_err(|e| Failure::internal("setns pid", e))
         }
     }
 }
 
-/// Runs in the forked child: wire stdio, restore signals, become the container.
-fn child(
-    spec: &ContainerSpec,
-    stdio: &mut Stdio,
-    sync: OwnedFd,
-    start: OwnedFd,
-    report_fd: RawFd,
-) -> ! {
-    // Join the container's cgroup first, so that everything the container ever
-    // starts can be found and ended.
-    for cg in spec.cgroup.iter().chain(&spec.cgroups_v1) {
-        if let Err(e) = crate::cgroup::join(cg) {
-            let mut sync = File::from(sync);
-            container::report(&mut sync, &Err(e));
-            std::process::exit(127);
-        }
-    }
-    // The server reads the monitor's report pipe until EOF; our copy must not keep
-    // it open while we wait for the start signal.
-    // SAFETY: closes a descriptor this process never touches again; we never
-    // return from this function, so its owner's destructor does not run here.
-    unsafe { libc::close(report_fd) };
-    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+/// Runs in the forked child: wire stdio, drop every other descriptor, restore
+/// signals, become the container.
+fn child(spec: &ContainerSpec, stdio: &mut Stdio, sync: OwnedFd, start: OwnedFd) -> ! {
     for (i, fd) in stdio.child.iter_mut().enumerate() {
         if let Some(fd) = fd.take() {
             let target = i as RawFd;
@@ -256,6 +153,30 @@ fn child(
     stdio.stdin.take();
     stdio.stdout.take();
     stdio.stderr.take();
+    // We are in the container's pid namespace, seen by the pod's other
+    // containers when they share it, until we exec: hold nothing but the
+    // container's stdio and our two set-up pipes (both close-on-exec). This
+    // drops the log file, the control socket, the server's report pipe (the
+    // server reads it until EOF, so we must not keep it while we wait) and
+    // whatever else the monitor holds; none of their owners' destructors
+    // runs in this process, which never returns from here.
+    if let Err(e) =
+        crate::exposure::close_fds_except(&[0, 1, 2, sync.as_raw_fd(), start.as_raw_fd()])
+    {
+        let mut sync = File::from(sync);
+        container::report(&mut sync, &Err(e));
+        std::process::exit(127);
+    }
+    // Join the container's cgroup before anything else, so that everything the
+    // container ever starts can be found and ended.
+    for cg in spec.cgroup.iter().chain(&spec.cgroups_v1) {
+        if let Err(e) = crate::cgroup::join(cg) {
+            let mut sync = File::from(sync);
+            container::report(&mut sync, &Err(e));
+            std::process::exit(127);
+        }
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     if stdio.tty {
         let _ = setsid();
         // SAFETY: TIOCSCTTY on fd 0 (the pty slave) with an integer argument.
@@ -272,8 +193,8 @@ pub fn main(spec_path: &Path) -> i32 {
         Err(_) => return 1,
     });
     let spec: ContainerSpec = match std::fs::read(spec_path)
-        .map_err(|e| internal("read spec", e))
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| internal("parse spec", e)))
+        .map_err(|e| Failure::internal("read spec", e))
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| Failure::internal("parse spec", e)))
     {
         Ok(s) => s,
         Err(f) => {
@@ -301,22 +222,25 @@ fn detach_stdio() {
 }
 
 fn run(spec: &ContainerSpec, report: &mut File) -> Result<i32, Failure> {
+    // Before the fork: the container's first process is non-dumpable from
+    // its first instant (see crate::exposure).
+    crate::exposure::not_dumpable()?;
     let _ = setsid();
     // SIGCHLD arrives through a signalfd so the loop below sees it with poll.
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
     mask.thread_block()
-        .map_err(|e| internal("block SIGCHLD", e))?;
+        .map_err(|e| Failure::internal("block SIGCHLD", e))?;
     let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-        .map_err(|e| internal("signalfd", e))?;
+        .map_err(|e| Failure::internal("signalfd", e))?;
     // SAFETY: setting SIGPIPE to SIG_IGN installs no handler code.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
 
     let log = CriLog::open(spec.log_path.as_deref()).map_err(|e| {
-        internal(
-            &format!(
+        Failure::internal(
+            format!(
                 "open log file {}",
                 spec.log_path.as_deref().unwrap_or(Path::new("")).display()
             ),
@@ -324,29 +248,30 @@ fn run(spec: &ContainerSpec, report: &mut File) -> Result<i32, Failure> {
         )
     })?;
     let mut stdio = make_stdio(spec)?;
-    let (sync_r, sync_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| internal("pipe", e))?;
+    let (sync_r, sync_w) =
+        pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Failure::internal("pipe", e))?;
     let (start_r, start_w) =
-        pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| internal("pipe", e))?;
+        pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Failure::internal("pipe", e))?;
 
     let _ = std::fs::remove_file(&spec.control_socket);
     let listener = UnixListener::bind(&spec.control_socket).map_err(|e| {
-        internal(
-            &format!("bind control socket {}", spec.control_socket.display()),
+        Failure::internal(
+            format!("bind control socket {}", spec.control_socket.display()),
             e,
         )
     })?;
     listener
         .set_nonblocking(true)
-        .map_err(|e| internal("control socket", e))?;
+        .map_err(|e| Failure::internal("control socket", e))?;
 
     enter_pid_namespace(spec)?;
     // SAFETY: the monitor is single-threaded, so the child may run arbitrary code.
-    let pid = match unsafe { fork() }.map_err(|e| internal("fork", e))? {
+    let pid = match unsafe { fork() }.map_err(|e| Failure::internal("fork", e))? {
         ForkResult::Child => {
             drop(sync_r);
             drop(start_w);
             drop(listener);
-            child(spec, &mut stdio, sync_w, start_r, report.as_raw_fd())
+            child(spec, &mut stdio, sync_w, start_r)
         }
         ForkResult::Parent { child } => child,
     };
@@ -367,7 +292,7 @@ fn run(spec: &ContainerSpec, report: &mut File) -> Result<i32, Failure> {
         None => {
             let status = waitpid(pid, None);
             let _ = std::fs::remove_file(&spec.control_socket);
-            return Err(internal(
+            return Err(Failure::internal(
                 "container setup",
                 format!("process ended without a report ({status:?})"),
             ));
@@ -417,126 +342,10 @@ fn read_message(sync: &mut BufReader<File>) -> Option<Result<(), Failure>> {
 
 /// Most clients attached at once.
 const MAX_CLIENTS: usize = 8;
-/// Output queued for one client before it counts as too slow and is dropped.
-const CLIENT_QUEUE: usize = 256 * 1024;
 /// Input queued for the container's stdin before clients are no longer read.
 const STDIN_QUEUE: usize = 64 * 1024;
 /// How long queued output may take to reach clients after the container exited.
 const CLIENT_FLUSH: Duration = Duration::from_secs(1);
-
-/// One attached client (a control-socket connection in attach mode).
-struct Client {
-    conn: UnixStream,
-    stdin: bool,
-    stdout: bool,
-    stderr: bool,
-    /// Frames for the client; `out[sent..]` is still to be written.
-    out: Vec<u8>,
-    sent: usize,
-    /// A partial frame from the client.
-    inbuf: Vec<u8>,
-    stdin_closed: bool,
-    dead: bool,
-}
-
-impl Client {
-    fn pending(&self) -> usize {
-        self.out.len() - self.sent
-    }
-
-    /// Queues a frame; a client whose queue is full is dropped.
-    fn queue(&mut self, ch: u8, data: &[u8]) {
-        if self.dead {
-            return;
-        }
-        if self.pending() + attach::HEADER + data.len() > CLIENT_QUEUE {
-            self.dead = true;
-            return;
-        }
-        if self.sent > 0 && self.sent == self.out.len() {
-            self.out.clear();
-            self.sent = 0;
-        }
-        for chunk in data.chunks(attach::MAX_PAYLOAD) {
-            attach::push(&mut self.out, ch, chunk);
-        }
-    }
-
-    /// Writes what the socket takes without blocking.
-    fn flush(&mut self) {
-        while self.pending() > 0 && !self.dead {
-            // SAFETY: writing from our own buffer, within its length, to a
-            // socket we own; MSG_NOSIGNAL because the peer may be gone.
-            let n = unsafe {
-                libc::send(
-                    self.conn.as_raw_fd(),
-                    self.out[self.sent..].as_ptr().cast(),
-                    self.pending(),
-                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-                )
-            };
-            if n < 0 {
-                if std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {
-                    self.dead = true;
-                }
-                return;
-            }
-            self.sent += n as usize;
-        }
-        if self.pending() == 0 {
-            self.out.clear();
-            self.sent = 0;
-            if self.out.capacity() > 64 * 1024 {
-                self.out.shrink_to(16 * 1024);
-            }
-        }
-    }
-
-    /// Reads what is there and returns the complete frames.
-    fn read_frames(&mut self, buf: &mut [u8]) -> Vec<(u8, Vec<u8>)> {
-        // SAFETY: reading into our own buffer, within its length, from a socket we own.
-        let n = unsafe {
-            libc::recv(
-                self.conn.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len().min(16 * 1024),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n == 0 {
-            self.dead = true;
-        } else if n < 0 {
-            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {
-                self.dead = true;
-            }
-        } else {
-            self.inbuf.extend_from_slice(&buf[..n as usize]);
-        }
-        self.take_frames()
-    }
-
-    fn take_frames(&mut self) -> Vec<(u8, Vec<u8>)> {
-        let mut frames = Vec::new();
-        while self.inbuf.len() >= attach::HEADER {
-            let mut h = [0u8; attach::HEADER];
-            h.copy_from_slice(&self.inbuf[..attach::HEADER]);
-            let (ch, len) = attach::parse_header(&h);
-            if len > attach::MAX_PAYLOAD {
-                self.dead = true;
-                break;
-            }
-            if self.inbuf.len() < attach::HEADER + len {
-                break;
-            }
-            frames.push((
-                ch,
-                self.inbuf[attach::HEADER..attach::HEADER + len].to_vec(),
-            ));
-            self.inbuf.drain(..attach::HEADER + len);
-        }
-        frames
-    }
-}
 
 #[derive(Clone, Copy)]
 enum Slot {
@@ -923,7 +732,10 @@ impl Monitor<'_> {
         let mut attach_req = None;
         let resp = match serde_json::from_str::<Request>(&line) {
             Ok(Request::Start) => self.start(),
-            Ok(Request::ReopenLog) => self.log.reopen().map_err(|e| internal("reopen log", e)),
+            Ok(Request::ReopenLog) => self
+                .log
+                .reopen()
+                .map_err(|e| Failure::internal("reopen log", e)),
             Ok(Request::Attach {
                 stdin,
                 stdout,
@@ -931,7 +743,7 @@ impl Monitor<'_> {
                 tty: _,
             }) => {
                 if self.clients.len() >= MAX_CLIENTS {
-                    Err(fail(
+                    Err(Failure::caused(
                         FailureKind::FailedPrecondition,
                         "attach",
                         format!("{MAX_CLIENTS} clients are attached already"),
@@ -941,7 +753,11 @@ impl Monitor<'_> {
                     Ok(())
                 }
             }
-            Err(e) => Err(fail(FailureKind::InvalidArgument, "bad request", e)),
+            Err(e) => Err(Failure::caused(
+                FailureKind::InvalidArgument,
+                "bad request",
+                e,
+            )),
         };
         let resp = match resp {
             Ok(()) => Response {
@@ -964,19 +780,15 @@ impl Monitor<'_> {
             if conn.set_nonblocking(true).is_err() {
                 return;
             }
-            let mut c = Client {
+            let mut c = Client::new(
                 conn,
                 stdin,
                 stdout,
                 // A terminal has one output stream.
-                stderr: stderr && !self.stdio.tty,
-                out: Vec::new(),
-                sent: 0,
+                stderr && !self.stdio.tty,
                 // Frames the client sent right after its request.
-                inbuf: reader.buffer().to_vec(),
-                stdin_closed: false,
-                dead: false,
-            };
+                reader.buffer().to_vec(),
+            );
             let frames = c.take_frames();
             self.clients.push(c);
             let i = self.clients.len() - 1;
@@ -988,55 +800,20 @@ impl Monitor<'_> {
 
     fn start(&mut self) -> Result<(), Failure> {
         let Some(mut start) = self.start.take() else {
-            return Err(Failure::new(
-                FailureKind::FailedPrecondition,
-                "container was already started",
-            ));
+            return Err(Failure::precondition("container was already started"));
         };
         start
             .write_all(b"1")
-            .map_err(|e| internal("signal the container to start", e))?;
+            .map_err(|e| Failure::internal("signal the container to start", e))?;
         drop(start);
         let mut sync = self
             .sync
             .take()
-            .ok_or_else(|| internal("start", "no sync pipe"))?;
+            .ok_or_else(|| Failure::internal("start", "no sync pipe"))?;
         match read_message(&mut sync) {
             None => Ok(()),
             Some(Ok(())) => Ok(()),
             Some(Err(f)) => Err(f),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn attach_requests_and_frames() {
-        let r: Request = serde_json::from_str(
-            r#"{"op":"attach","stdin":true,"stdout":true,"stderr":false,"tty":false}"#,
-        )
-        .expect("parse attach");
-        assert!(matches!(
-            r,
-            Request::Attach {
-                stdin: true,
-                stdout: true,
-                stderr: false,
-                ..
-            }
-        ));
-        let big = vec![7u8; attach::MAX_PAYLOAD + 10];
-        let f = attach::encode_all(attach::STDIN, &big);
-        assert_eq!(f.len(), big.len() + 2 * attach::HEADER);
-        let mut h = [0u8; attach::HEADER];
-        h.copy_from_slice(&f[..attach::HEADER]);
-        assert_eq!(
-            attach::parse_header(&h),
-            (attach::STDIN, attach::MAX_PAYLOAD)
-        );
-        assert_eq!(attach::resize_payload(0x0102, 0x0304), [1, 2, 3, 4]);
     }
 }
