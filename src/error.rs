@@ -1,6 +1,6 @@
 //! Errors of the server, typed so that each maps to the right gRPC status code.
 
-use sycri_native::spec::{Failure, FailureKind};
+use sycri_native::failure::{Failure, FailureKind};
 use tonic::{Code, Status};
 
 #[derive(thiserror::Error, Debug)]

@@ -5,9 +5,6 @@
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-// Kept at their old path for the server; the engine uses crate::failure.
-pub use crate::failure::{Failure, FailureKind};
-
 /// How a container or pod gets one kind of namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]

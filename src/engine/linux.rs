@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 use sycri_native::cgroup::{Cgroups, Layout, Resources};
 use sycri_native::exec::ExecSpec;
-use sycri_native::monitor::{Ready, Request};
+use sycri_native::monitor::protocol::{Ready, Request};
 use sycri_native::sandbox::SandboxReady;
 use sycri_native::spec::{ContainerSpec, SandboxSpec};
 use sycri_native::util::write_atomic;

@@ -6,7 +6,7 @@
 use crate::error::{Error, Result};
 use std::path::Path;
 use std::time::Duration;
-use sycri_native::monitor::{Request, Response};
+use sycri_native::monitor::protocol::{Request, Response};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
@@ -64,7 +64,7 @@ pub struct AttachOpts {
     pub tty: bool,
 }
 
-/// An attach stream: the monitor's frames (see `sycri_native::monitor::attach`)
+/// An attach stream: the monitor's frames (see `sycri_native::monitor::protocol::attach`)
 /// both ways. `early` holds what the monitor sent right after its answer,
 /// before the stream's first read.
 pub struct AttachStream {

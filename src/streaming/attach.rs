@@ -1,14 +1,14 @@
 //! Streaming attach: the container's monitor serves it on its control socket
 //! (so attach works after a server restart); we relay between the session and
 //! that connection, which the backend opens. Framing: see
-//! `sycri_native::monitor::attach`.
+//! `sycri_native::monitor::protocol::attach`.
 
 use super::backend::Backend;
 use super::request::AttachParams;
 use super::session::{Outcome, Session, STDERR, STDOUT};
 use super::spdy::Chunk;
 use std::sync::Arc;
-use sycri_native::monitor::attach as frame;
+use sycri_native::monitor::protocol::attach as frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub async fn run(backend: Arc<dyn Backend>, p: AttachParams, mut s: Session) -> Outcome {

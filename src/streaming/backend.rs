@@ -28,7 +28,7 @@ pub trait ProcessControl: Send + Sync {
 }
 
 /// An attach connection to a container's monitor: its frames both ways
-/// (`sycri_native::monitor::attach`), `early` being what came before the
+/// (`sycri_native::monitor::protocol::attach`), `early` being what came before the
 /// first read.
 pub struct AttachSession {
     pub early: Vec<u8>,

@@ -22,7 +22,7 @@ mod clients;
 pub mod protocol;
 
 // The protocol at its old paths, for the server.
-pub use protocol::{attach, Ready, Request, Response};
+use protocol::{attach, Ready, Request, Response};
 
 use crate::container;
 use crate::crilog::{CriLog, Stream};
