@@ -1,63 +1,175 @@
 //! PullImage: local SIF files, and registry images converted into one SIF
-//! (squashfs root filesystem + `oci-config.json`). Concurrent pulls of one
-//! reference wait for each other, so an image is downloaded once; an image
-//! already stored (same config digest) is stored once.
+//! (squashfs root filesystem + `oci-config.json`).
+//!
+//! A registry pull is one task shared by every PullImage of the same
+//! reference (and credentials): the layers download in parallel into a
+//! temporary directory while a blocking thread converts them in manifest
+//! order, each as it arrives (see `registry::Feed`). The task logs its
+//! progress, ends when it receives nothing for `image_pull_progress_timeout`,
+//! and is stopped (its downloads dropped, its files removed) when every
+//! PullImage waiting for it has gone. An image already stored (same config
+//! digest) is not downloaded again.
 
-use crate::convert::{self, ConvertOptions, Layer, Limits};
+use crate::convert::{self, ConvertOptions, Converter, Limits};
 use crate::error::{Error, Result};
-use crate::images::local_path;
+use crate::images::{local_path, ImageStore};
 use crate::proto::cri;
-use crate::registry::{Client, Credentials, PullLimits, Reference};
+use crate::registry::{
+    Client, Credentials, Descriptor, Feed, FeedGuard, Progress, PullLimits, Reference,
+};
 use crate::runtime::{blocking, Runtime};
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use futures_util::{StreamExt, TryStreamExt};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex as StdMutex};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex as StdMutex, Weak};
+use std::time::Duration;
 use tokio::sync::Mutex;
 
+/// How often a pull logs its progress.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+
 pub struct Puller {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     client: Client,
     /// For plain http(s) downloads and the Sylabs library API.
     http: reqwest::Client,
     library_url: String,
     convert: ConvertOptions,
+    progress_interval: Duration,
+    progress_timeout: Duration,
+    /// Registry pulls in flight, by reference and credentials.
+    pulls: StdMutex<HashMap<String, Weak<InflightPull>>>,
+    /// Serializes pulls of one plain SIF source.
     inflight: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+type SharedResult = std::result::Result<String, Arc<Error>>;
+
+/// A registry pull task; aborted when the last caller waiting for it goes.
+struct InflightPull {
+    result: Shared<BoxFuture<'static, SharedResult>>,
+    abort: tokio::task::AbortHandle,
+}
+
+impl Drop for InflightPull {
+    fn drop(&mut self) {
+        self.abort.abort();
+    }
 }
 
 impl Puller {
     pub fn new(cfg: &crate::config::Config) -> Result<Puller> {
         cfg.registry.validate()?;
-        let client = Client::new(&cfg.registry, &PullLimits::default())?;
+        let limits = PullLimits {
+            concurrency: cfg.max_concurrent_downloads.max(1),
+            ..PullLimits::default()
+        };
+        let client = Client::new(&cfg.registry, &limits)?;
         let http = reqwest::Client::builder()
             .user_agent(concat!("sycri/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(15))
             .read_timeout(std::time::Duration::from_secs(60))
             .build()
             .map_err(|e| Error::Internal(format!("http client: {e}")))?;
+        let compression = cfg
+            .image_compression
+            .resolve()
+            .unwrap_or_else(convert::Compression::host_default);
         Ok(Puller {
-            client,
-            http,
-            library_url: cfg.library_url.trim_end_matches('/').to_string(),
-            convert: ConvertOptions {
-                limits: Limits {
-                    max_uncompressed: cfg.max_image_bytes,
-                    ..Limits::default()
+            inner: Arc::new(Inner {
+                client,
+                http,
+                library_url: cfg.library_url.trim_end_matches('/').to_string(),
+                convert: ConvertOptions {
+                    limits: Limits {
+                        max_uncompressed: cfg.max_image_bytes,
+                        ..Limits::default()
+                    },
+                    compression,
+                    level: cfg.image_compression_level,
+                    ..ConvertOptions::default()
                 },
-                compression: convert::Compression::host_default(),
-                ..ConvertOptions::default()
-            },
-            inflight: StdMutex::new(HashMap::new()),
+                progress_interval: PROGRESS_INTERVAL,
+                progress_timeout: cfg.image_pull_progress_timeout.0,
+                pulls: StdMutex::new(HashMap::new()),
+                inflight: StdMutex::new(HashMap::new()),
+            }),
         })
     }
 
     /// The lock for one reference; the map entry goes when nobody holds it.
     fn slot(&self, key: &str) -> Arc<Mutex<()>> {
-        let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self
+            .inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         m.retain(|_, v| Arc::strong_count(v) > 1);
         m.entry(key.to_string()).or_default().clone()
     }
+
+    /// Joins the pull of `key`, starting it with `start` if none runs.
+    async fn shared(
+        &self,
+        key: String,
+        start: impl FnOnce() -> BoxFuture<'static, Result<String>>,
+    ) -> Result<String> {
+        let pull = {
+            let mut m = self.inner.pulls.lock().unwrap_or_else(|p| p.into_inner());
+            m.retain(|_, w| w.strong_count() > 0);
+            match m.get(&key).and_then(Weak::upgrade) {
+                Some(p) => p,
+                None => {
+                    let task = tokio::spawn(start());
+                    let abort = task.abort_handle();
+                    let result = async move {
+                        match task.await {
+                            Ok(r) => r.map_err(Arc::new),
+                            Err(e) => {
+                                Err(Arc::new(Error::Internal(format!("pull task ended: {e}"))))
+                            }
+                        }
+                    }
+                    .boxed()
+                    .shared();
+                    let p = Arc::new(InflightPull { result, abort });
+                    m.insert(key, Arc::downgrade(&p));
+                    p
+                }
+            }
+        };
+        let r = pull.result.clone().await;
+        drop(pull);
+        r.map_err(|e| duplicate(&e))
+    }
 }
 
-/// A pull's working directory, removed when the pull ends in any way, also when
-/// the client gives up and the request's future is dropped.
+/// A copy of an error for each caller of a shared pull.
+fn duplicate(e: &Error) -> Error {
+    match e {
+        Error::NotFound(m) => Error::NotFound(m.clone()),
+        Error::InvalidArgument(m) => Error::InvalidArgument(m.clone()),
+        Error::AlreadyExists(m) => Error::AlreadyExists(m.clone()),
+        Error::FailedPrecondition(m) => Error::FailedPrecondition(m.clone()),
+        Error::PermissionDenied(m) => Error::PermissionDenied(m.clone()),
+        Error::Unimplemented(m) => Error::Unimplemented(m.clone()),
+        Error::DeadlineExceeded(m) => Error::DeadlineExceeded(m.clone()),
+        Error::ResourceExhausted(m) => Error::ResourceExhausted(m.clone()),
+        Error::Io { context, source } => Error::Io {
+            context: context.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        Error::Internal(m) => Error::Internal(m.clone()),
+        Error::Registry(r) => Error::Registry(r.duplicate()),
+    }
+}
+
+/// A pull's working directory, removed when the last holder (the pull, its
+/// converter thread) lets go, also when the pull is dropped half way.
 struct TempDir(std::path::PathBuf);
 
 impl Drop for TempDir {
@@ -75,6 +187,27 @@ fn credentials(auth: Option<cri::AuthConfig>) -> Option<Credentials> {
         identity_token: a.identity_token,
         registry_token: a.registry_token,
     })
+}
+
+/// Distinguishes pulls with different credentials (not reversible).
+fn creds_key(c: &Option<Credentials>) -> String {
+    use sha2::{Digest, Sha256};
+    let Some(c) = c else {
+        return String::new();
+    };
+    let mut h = Sha256::new();
+    for f in [
+        &c.username,
+        &c.password,
+        &c.auth,
+        &c.server_address,
+        &c.identity_token,
+        &c.registry_token,
+    ] {
+        h.update(f.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..8])
 }
 
 impl Runtime {
@@ -101,84 +234,204 @@ impl Runtime {
             return self.pull_sif_source(image, credentials(auth), &dir.0).await;
         }
         let reference = Reference::parse(image)?;
-        let key = reference.to_string();
-        let slot = self.puller.slot(&key);
-        let _guard = slot.lock().await;
-        // Asked by digest and already here: nothing to fetch.
-        if reference.digest.is_some() {
-            if let Some(rec) = self.images.get(&key) {
-                return Ok(rec.id);
-            }
-        }
-        let dir = self.images.temp_dir()?;
-        let result = self
-            .pull_registry(&reference, credentials(auth), &dir)
-            .await;
-        let _ = tokio::fs::remove_dir_all(&dir).await;
-        result
-    }
-
-    async fn pull_registry(
-        &self,
-        reference: &Reference,
-        creds: Option<Credentials>,
-        dir: &std::path::Path,
-    ) -> Result<String> {
-        let started = std::time::Instant::now();
-        let pulled = self
-            .puller
-            .client
-            .pull(reference, creds.as_ref(), dir)
-            .await?;
-        let tag = reference.tag.as_ref().map(|_| {
-            let mut r = reference.clone();
-            r.digest = None;
-            r.to_string()
-        });
-        let repo_digest = Some(format!("{}@{}", reference.name(), pulled.manifest_digest));
-        let id = pulled.config_digest.clone();
-        if self.images.get(&id).is_some() {
-            // Same image under another name: record the name, keep one copy.
-            let (images, id2) = (self.images_handle(), id.clone());
-            blocking(move || images.add_names(&id2, tag, repo_digest)).await?;
-            return Ok(id);
-        }
-        let layers: Vec<Layer> = pulled
-            .layers
-            .iter()
-            .map(|(path, media_type, _)| Layer {
-                path: path.clone(),
-                media_type: media_type.clone(),
+        let creds = credentials(auth);
+        let key = format!("{reference} {}", creds_key(&creds));
+        let (inner, images) = (self.puller.inner.clone(), self.images_handle());
+        self.puller
+            .shared(key, move || {
+                async move { pull_registry(inner, images, reference, creds).await }.boxed()
             })
-            .collect();
-        let opts = self.puller.convert.clone();
-        let images = self.images_handle();
-        let dir = dir.to_path_buf();
-        let config = pulled.config.clone();
-        let id2 = id.clone();
-        let stats = blocking(move || {
-            let sqfs = dir.join("rootfs.squashfs");
-            let stats = convert::layers_to_squashfs(&layers, &sqfs, &opts)?;
-            let runtime_cfg = convert::runtime_config(&config)?;
-            let sif = dir.join("image.sif");
-            convert::squashfs_to_sif(&sqfs, &runtime_cfg, &sif)?;
-            let _ = std::fs::remove_file(&sqfs);
-            images.add_converted(&sif, &id2, tag, repo_digest)?;
-            Ok(stats)
-        })
-        .await?;
-        tracing::info!(
-            image = %reference,
-            id = %id,
-            layers = pulled.layers.len(),
-            entries = stats.entries,
-            unpacked_bytes = stats.uncompressed_bytes,
-            squashfs_bytes = stats.squashfs_bytes,
-            secs = started.elapsed().as_secs_f64(),
-            "pulled and converted"
-        );
-        Ok(id)
+            .await
     }
+}
+
+/// The registry pull task: the work, under the stall watchdog.
+async fn pull_registry(
+    inner: Arc<Inner>,
+    images: Arc<ImageStore>,
+    reference: Reference,
+    creds: Option<Credentials>,
+) -> Result<String> {
+    let progress = Progress::new(&reference.to_string());
+    tokio::select! {
+        r = pull_and_convert(&inner, &images, &reference, creds.as_ref(), &progress) => r,
+        e = progress.watch(inner.progress_interval, inner.progress_timeout) => Err(e.into()),
+    }
+}
+
+async fn pull_and_convert(
+    inner: &Inner,
+    images: &Arc<ImageStore>,
+    reference: &Reference,
+    creds: Option<&Credentials>,
+    progress: &Progress,
+) -> Result<String> {
+    let started = std::time::Instant::now();
+    let key = reference.to_string();
+    // Asked by digest and already here: nothing to fetch.
+    if reference.digest.is_some() {
+        if let Some(rec) = images.get(&key) {
+            return Ok(rec.id);
+        }
+    }
+    let client = &inner.client;
+    let resolved = client.resolve(reference, creds).await?;
+    progress.touch();
+    let total = client.check_image(reference, &resolved)?;
+    let m = &resolved.manifest;
+    let tag = reference.tag.as_ref().map(|_| {
+        let mut r = reference.clone();
+        r.digest = None;
+        r.to_string()
+    });
+    let repo_digest = Some(format!("{}@{}", reference.name(), resolved.digest));
+    let id = m.config.digest.clone();
+    if images.get(&id).is_some() {
+        // Same image under another name: record the name, keep one copy.
+        let (images, id2) = (images.clone(), id.clone());
+        blocking(move || images.add_names(&id2, tag, repo_digest)).await?;
+        return Ok(id);
+    }
+    tracing::info!(image = %reference, digest = %resolved.digest, server = %resolved.server, layers = m.layers.len(), bytes = total, "pulling image");
+    let dir = Arc::new(TempDir(images.temp_dir()?));
+
+    // One feed per distinct layer; the converter reads them in manifest order.
+    let mut unique: Vec<(Descriptor, Arc<Feed>, usize)> = Vec::new();
+    for l in &m.layers {
+        if !unique.iter().any(|(d, _, _)| d.digest == l.digest) {
+            let i = progress.add_blob(&l.digest, l.size);
+            unique.push((l.clone(), Feed::new(), i));
+        }
+    }
+    let cfg_blob = progress.add_blob(&m.config.digest, m.config.size);
+    let readers: Vec<(String, crate::registry::FeedReader)> = m
+        .layers
+        .iter()
+        .filter_map(|l| {
+            let (_, f, _) = unique.iter().find(|(d, _, _)| d.digest == l.digest)?;
+            Some((l.media_type.clone(), f.reader()))
+        })
+        .collect();
+    let guards: Vec<FeedGuard> = unique
+        .iter()
+        .map(|(_, f, _)| FeedGuard(f.clone()))
+        .collect();
+    let (opts, conv_dir) = (inner.convert.clone(), dir.clone());
+    let convert = tokio::task::spawn_blocking(move || {
+        let sqfs = conv_dir.0.join("rootfs.squashfs");
+        let mut c = Converter::new(&sqfs, readers.len(), &opts)?;
+        for (media_type, r) in readers {
+            c.add_layer(&media_type, r)?;
+        }
+        let stats = c.finish()?;
+        Ok::<_, convert::ConvertError>((sqfs, stats, conv_dir))
+    });
+
+    let first = resolved.endpoint();
+    let max = client.limits().max_layer_size;
+    let what = format!("{reference} ({})", resolved.image_digest);
+    let dir_path: &std::path::Path = &dir.0;
+    let downloads = async {
+        let config = async {
+            let feed = Feed::new();
+            let p = client
+                .download(
+                    first,
+                    reference,
+                    creds,
+                    &m.config,
+                    dir_path,
+                    client.limits().max_config_size,
+                    Some((&feed, progress, cfg_blob)),
+                )
+                .await?;
+            let bytes = tokio::fs::read(&p).await.map_err(|e| {
+                crate::registry::RegistryError::io(format!("read {}", p.display()), e)
+            })?;
+            crate::registry::check_config(&what, &bytes)?;
+            Ok::<_, crate::registry::RegistryError>(bytes)
+        };
+        // Owned items: a closure over borrowed ones makes the future not general enough.
+        let dir = dir_path;
+        let layers = futures_util::stream::iter(unique.to_vec())
+            .map(|(d, feed, i)| async move {
+                client
+                    .download(
+                        first,
+                        reference,
+                        creds,
+                        &d,
+                        dir,
+                        max,
+                        Some((&feed, progress, i)),
+                    )
+                    .await
+            })
+            .buffer_unordered(client.limits().concurrency.max(1))
+            .try_collect::<Vec<PathBuf>>();
+        let (config, _) = tokio::try_join!(config, layers)?;
+        progress.downloads_done();
+        Ok::<_, crate::registry::RegistryError>(config)
+    };
+    tokio::pin!(downloads);
+    let mut convert = convert.fuse();
+    let mut config = None;
+    let mut converted = None;
+    while config.is_none() || converted.is_none() {
+        tokio::select! {
+            r = &mut downloads, if config.is_none() => match r {
+                Ok(c) => config = Some(c),
+                Err(e) => {
+                    // Stop the converter (its feeds end with an error) and wait
+                    // for it, so that the directory goes with it.
+                    drop(guards);
+                    let _ = convert.await;
+                    return Err(e.into());
+                }
+            },
+            r = &mut convert, if converted.is_none() => match r {
+                Ok(Ok(v)) => converted = Some(v),
+                Ok(Err(e)) => {
+                    // A layer that cannot be read because its download failed:
+                    // the download's error says more.
+                    if matches!(&e, convert::ConvertError::Io { context, .. } if context.starts_with("read layer")) && config.is_none() {
+                        if let Err(d) = (&mut downloads).await {
+                            return Err(d.into());
+                        }
+                    }
+                    return Err(e.into());
+                }
+                Err(e) => return Err(Error::Internal(format!("conversion task failed: {e}"))),
+            },
+        }
+    }
+    drop(guards);
+    let (Some(config), Some((sqfs, stats, conv_dir))) = (config, converted) else {
+        return Err(Error::Internal("pull ended without its results".into()));
+    };
+    drop(conv_dir);
+    let runtime_cfg = convert::runtime_config(&config)?;
+    let (images2, id2, dir2) = (images.clone(), id.clone(), dir.clone());
+    blocking(move || {
+        let sif = dir2.0.join("image.sif");
+        convert::squashfs_to_sif(&sqfs, &runtime_cfg, &sif)?;
+        let _ = std::fs::remove_file(&sqfs);
+        images2.add_converted(&sif, &id2, tag, repo_digest)?;
+        Ok(())
+    })
+    .await?;
+    tracing::info!(
+        image = %reference,
+        id = %id,
+        layers = m.layers.len(),
+        entries = stats.entries,
+        unpacked_bytes = stats.uncompressed_bytes,
+        squashfs_bytes = stats.squashfs_bytes,
+        unreferenced_bytes = stats.unreferenced_bytes,
+        secs = started.elapsed().as_secs_f64(),
+        "pulled and converted"
+    );
+    Ok(id)
 }
 
 /// Largest SIF accepted from a plain URL or the library's legacy API.
@@ -265,7 +518,7 @@ impl Runtime {
         creds: Option<&Credentials>,
         dir: &std::path::Path,
     ) -> Result<(std::path::PathBuf, String)> {
-        let resolved = self.puller.client.resolve(reference, creds).await?;
+        let resolved = self.puller.inner.client.resolve(reference, creds).await?;
         let layers = &resolved.manifest.layers;
         let [layer] = layers.as_slice() else {
             return Err(Error::InvalidArgument(format!(
@@ -281,6 +534,7 @@ impl Runtime {
         }
         let file = self
             .puller
+            .inner
             .client
             .fetch_blob(reference, creds, layer, dir, MAX_SIF_DOWNLOAD)
             .await?;
@@ -294,7 +548,7 @@ impl Runtime {
         creds: Option<&Credentials>,
         dir: &std::path::Path,
     ) -> Result<std::path::PathBuf> {
-        let (base, name, tag) = parse_library(image, &self.puller.library_url)?;
+        let (base, name, tag) = parse_library(image, &self.puller.inner.library_url)?;
         let bearer = creds
             .map(|c| c.registry_token.clone())
             .filter(|t| !t.is_empty());
@@ -304,6 +558,7 @@ impl Runtime {
         };
         let redirect = with_auth(
             self.puller
+                .inner
                 .http
                 .get(format!("{base}/v1/oci-redirect"))
                 .query(&[
@@ -352,7 +607,7 @@ impl Runtime {
         let arch = crate::registry::Platform::host().architecture;
         let url = format!("{base}/v1/imagefile/{name}:{tag}?arch={arch}");
         self.download_with(
-            with_auth(self.puller.http.get(&url)),
+            with_auth(self.puller.inner.http.get(&url)),
             &url,
             dir,
             MAX_SIF_DOWNLOAD,
@@ -366,7 +621,7 @@ impl Runtime {
         dir: &std::path::Path,
         max: u64,
     ) -> Result<std::path::PathBuf> {
-        self.download_with(self.puller.http.get(url), url, dir, max)
+        self.download_with(self.puller.inner.http.get(url), url, dir, max)
             .await
     }
 
