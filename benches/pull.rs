@@ -34,7 +34,6 @@ use tonic::transport::{Channel, Endpoint};
 const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 const BUSYBOX: &str = "/bin/busybox";
 const CONTAINERD: &str = "/usr/bin/containerd";
-const CTR: &str = "/usr/bin/ctr";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
@@ -103,10 +102,8 @@ fn median(v: &[f64]) -> f64 {
 // The image.
 
 struct Layer {
-    source: String,
     gz: Vec<u8>,
     tar_bytes: u64,
-    file_bytes: u64,
     entries: u64,
 }
 
@@ -220,7 +217,16 @@ fn build_layers(total: u64) -> Res<Vec<Layer>> {
         (triplet.as_str(), 0.40),
         ("/usr/share", 0.30),
         ("/usr/bin", 0.20),
-        ("/usr/sbin", 0.10),
+        // /usr/sbin holds some 20 MB: big images take the rest of /usr/lib
+        // (whose first files a later layer then overrides, as images do).
+        (
+            if total > 200 << 20 {
+                "/usr/lib"
+            } else {
+                "/usr/sbin"
+            },
+            0.10,
+        ),
     ];
     let mut layers = Vec::new();
     for (src, share) in plan {
@@ -233,11 +239,10 @@ fn build_layers(total: u64) -> Res<Vec<Layer>> {
         let enc = tar.into_inner().map_err(|e| format!("tar: {e}"))?;
         let Counting(enc, tar_bytes) = enc;
         let gz = enc.finish().map_err(|e| format!("gzip: {e}"))?;
+        let _ = files;
         layers.push(Layer {
-            source: src.to_string(),
             gz,
             tar_bytes,
-            file_bytes: files,
             entries,
         });
     }
@@ -474,10 +479,8 @@ fn busybox_layer() -> Res<Layer> {
     entries += 3 + applets.len() as u64;
     let Counting(enc, tar_bytes) = tar.into_inner().map_err(|e| e.to_string())?;
     Ok(Layer {
-        source: BUSYBOX.into(),
         gz: enc.finish().map_err(|e| e.to_string())?,
         tar_bytes,
-        file_bytes: bin.len() as u64,
         entries,
     })
 }
@@ -542,7 +545,9 @@ async fn start_sycri() -> Res<Cri> {
         .tempdir_in("/tmp")
         .map_err(|e| format!("temp dir: {e}"))?;
     let d = dir.path().to_path_buf();
-    std::fs::write(d.join("sycri.toml"), "").map_err(|e| e.to_string())?;
+    // SYCRI_BENCH_SYCRI_TOML: the server's config (e.g. another image_compression_level).
+    let toml = std::env::var("SYCRI_BENCH_SYCRI_TOML").unwrap_or_default();
+    std::fs::write(d.join("sycri.toml"), toml).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(d.join("cni")).map_err(|e| e.to_string())?;
     let sock = d.join("cri.sock");
     let log = std::fs::File::create(d.join("server.log")).map_err(|e| e.to_string())?;
@@ -683,20 +688,23 @@ impl Drop for Cri {
     }
 }
 
+/// Allocated bytes under `p`, each inode once (hard links share their blocks).
 fn dir_bytes(p: &Path) -> u64 {
-    let Ok(md) = std::fs::symlink_metadata(p) else {
-        return 0;
-    };
-    if md.is_dir() {
-        std::fs::read_dir(p)
-            .map(|rd| rd.flatten().map(|e| dir_bytes(&e.path())).sum())
-            .unwrap_or(0)
-    } else if md.is_file() {
-        // Allocated bytes: what the image takes on disk.
-        md.blocks() * 512
-    } else {
-        0
+    fn walk(p: &Path, seen: &mut std::collections::HashSet<(u64, u64)>) -> u64 {
+        let Ok(md) = std::fs::symlink_metadata(p) else {
+            return 0;
+        };
+        if md.is_dir() {
+            std::fs::read_dir(p)
+                .map(|rd| rd.flatten().map(|e| walk(&e.path(), seen)).sum())
+                .unwrap_or(0)
+        } else if md.is_file() && seen.insert((md.dev(), md.ino())) {
+            md.blocks() * 512
+        } else {
+            0
+        }
     }
+    walk(p, &mut std::collections::HashSet::new())
 }
 
 /// kB values of VmRSS and VmHWM of a process.
@@ -836,9 +844,10 @@ async fn run() -> Res<()> {
     }
     let comp = sycri::convert::Compression::host_default();
     println!(
-        "  sycri converts to a {} squashfs (level {}) in a SIF; containerd unpacks into overlayfs and keeps the compressed layers",
+        "  sycri converts to a {} squashfs (default level {}; config {:?}) in a SIF; containerd unpacks into overlayfs and keeps the compressed layers",
         comp.name(),
-        comp.default_level()
+        comp.default_level(),
+        std::env::var("SYCRI_BENCH_SYCRI_TOML").unwrap_or_default()
     );
     println!(
         "  {rounds} rounds (pull, then RemoveImage) after a warm-up, one server each; load average before: {}\n",

@@ -6,7 +6,7 @@
 //! and registries, size limits and mirrors are covered too.
 //!
 //! Needs /usr/bin/docker-registry (package docker-registry), /bin/busybox
-//! (busybox-static) and tar2sqfs (squashfs-tools-ng); without the first two each
+//! (busybox-static); without them each
 //! test says SKIPPED.
 
 mod common;
