@@ -1,19 +1,24 @@
-//! Registry pull benchmark: PullImage of a ~100 MB multi-layer image from a
-//! local registry, converted to a SIF, beside `mksquashfs` of the same
-//! unpacked tree and beside containerd pulling and unpacking the same image.
+//! Registry pull benchmark, sycri beside containerd in one run: PullImage over
+//! the CRI socket of both (containerd 1.6 with its CRI plugin, unpacking into
+//! overlayfs), from one local `docker-registry`, of
+//! - a busybox-sized image (one layer: this machine's static busybox and a
+//!   hard link per applet, as the busybox image has),
+//! - a ~100 MB image of this machine's files in 4 tar+gzip layers
+//!   (`SYCRI_BENCH_PULL_MB`),
+//! - once, a ~1 GB image (`SYCRI_BENCH_BIG_MB`, 0 skips it) to show the
+//!   servers' memory while they pull a big image.
 //!
-//! The image is made of real files of this machine (`/usr/lib/<triplet>`,
-//! `/usr/share`, `/usr/bin`, stopping at ~100 MB), four tar+gzip layers,
-//! pushed to Debian's `docker-registry` on 127.0.0.1. Each tool runs 3 times
-//! on a fresh store (a new sycri server, a new containerd root); the table
-//! shows medians, in seconds and MB/s of unpacked and of compressed data.
-//! It prints figures and asserts nothing about time.
+//! Each server runs once; every round pulls the image and then removes it
+//! (RemoveImage), after a warm-up round, as critest's image benchmark does.
+//! Printed per image and server: median and minimum PullImage time, the size
+//! the image takes on disk (sycri: the SIF; containerd: its content store and
+//! snapshots), and the server's resident memory during the pull (peak of
+//! VmRSS sampled every 5 ms, and VmHWM). The target is sycri at most half of
+//! containerd's time. It asserts nothing about time.
 //!
-//! Run as root: `cargo bench --bench pull`. Without root, `docker-registry`
-//! or `mksquashfs` it says so and exits 0. containerd is optional
-//! (`/usr/bin/containerd` and `ctr`); a private instance is started on a
-//! temporary root with the CRI plugin disabled. SYCRI_BENCH_PULL_MB sets the
-//! image size (default 100), SYCRI_BENCH_ROUNDS the runs per tool (default 3).
+//! Run as root: `cargo bench --bench pull`. Without root or `docker-registry`
+//! it says so and exits 0; containerd is optional. SYCRI_BENCH_ROUNDS sets the
+//! rounds (default 5).
 
 use flate2::write::GzEncoder;
 use sha2::{Digest, Sha256};
@@ -27,9 +32,8 @@ use sycri::proto::cri::image_service_client::ImageServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
 const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
-const MKSQUASHFS: &str = "/usr/bin/mksquashfs";
+const BUSYBOX: &str = "/bin/busybox";
 const CONTAINERD: &str = "/usr/bin/containerd";
-const CTR: &str = "/usr/bin/ctr";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
@@ -45,7 +49,7 @@ fn main() -> ExitCode {
     }
     for (p, pkg) in [
         (REGISTRY_BIN, "docker-registry"),
-        (MKSQUASHFS, "squashfs-tools"),
+        (BUSYBOX, "busybox-static"),
     ] {
         if !Path::new(p).exists() {
             println!("pull bench: SKIPPED, {p} not found (apt-get install -y {pkg})");
@@ -98,10 +102,8 @@ fn median(v: &[f64]) -> f64 {
 // The image.
 
 struct Layer {
-    source: String,
     gz: Vec<u8>,
     tar_bytes: u64,
-    file_bytes: u64,
     entries: u64,
 }
 
@@ -215,7 +217,16 @@ fn build_layers(total: u64) -> Res<Vec<Layer>> {
         (triplet.as_str(), 0.40),
         ("/usr/share", 0.30),
         ("/usr/bin", 0.20),
-        ("/usr/sbin", 0.10),
+        // /usr/sbin holds some 20 MB: big images take the rest of /usr/lib
+        // (whose first files a later layer then overrides, as images do).
+        (
+            if total > 200 << 20 {
+                "/usr/lib"
+            } else {
+                "/usr/sbin"
+            },
+            0.10,
+        ),
     ];
     let mut layers = Vec::new();
     for (src, share) in plan {
@@ -228,11 +239,10 @@ fn build_layers(total: u64) -> Res<Vec<Layer>> {
         let enc = tar.into_inner().map_err(|e| format!("tar: {e}"))?;
         let Counting(enc, tar_bytes) = enc;
         let gz = enc.finish().map_err(|e| format!("gzip: {e}"))?;
+        let _ = files;
         layers.push(Layer {
-            source: src.to_string(),
             gz,
             tar_bytes,
-            file_bytes: files,
             entries,
         });
     }
@@ -410,242 +420,245 @@ async fn push_image(port: u16, repo: &str, tag: &str, layers: &[Layer]) -> Res<(
     Ok(())
 }
 
-// ---------------------------------------------------------------------------
-// sycri.
-
-struct Server {
-    dir: tempfile::TempDir,
-    child: Proc,
-}
-
-impl Server {
-    fn start() -> Res<(Server, PathBuf)> {
-        let dir = tempfile::Builder::new()
-            .prefix("sypb")
-            .tempdir_in("/tmp")
-            .map_err(|e| format!("temp dir: {e}"))?;
-        let d = dir.path();
-        let config = d.join("sycri.toml");
-        std::fs::write(&config, "").map_err(|e| format!("{}: {e}", config.display()))?;
-        let cni = d.join("cni");
-        std::fs::create_dir_all(&cni).map_err(|e| format!("{}: {e}", cni.display()))?;
-        let sock = d.join("cri.sock");
-        let log = std::fs::File::create(d.join("server.log")).map_err(|e| e.to_string())?;
-        let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(env!("CARGO_BIN_EXE_sycri"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--listen")
-            .arg(format!("unix://{}", sock.display()))
-            .arg("--storage-dir")
-            .arg(d.join("store"))
-            .arg("--run-dir")
-            .arg(d.join("run"))
-            .arg("--cni-conf-dir")
-            .arg(&cni)
-            .arg("--log-level")
-            .arg("info")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("start {}: {e}", env!("CARGO_BIN_EXE_sycri")))?;
-        Ok((
-            Server {
-                dir,
-                child: Proc(Some(child)),
-            },
-            sock,
-        ))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-    }
-
-    async fn connect(&mut self, sock: &Path) -> Res<Channel> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !sock.exists() {
-            if let Some(Ok(Some(st))) = self.child.0.as_mut().map(|c| c.try_wait()) {
-                return Err(format!("sycri exited ({st}); log:\n{}", self.log()));
-            }
-            if Instant::now() > deadline {
-                return Err(format!("no socket after 20 s; log:\n{}", self.log()));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let sock = sock.to_path_buf();
-        Endpoint::try_from("http://sycri.invalid")
-            .map_err(|e| e.to_string())?
-            .connect_with_connector(tower::service_fn(move |_| {
-                let sock = sock.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(sock).await?,
-                    ))
-                }
-            }))
-            .await
-            .map_err(|e| format!("connect: {e}"))
-    }
-}
-
-/// One PullImage on a fresh server; returns (seconds, SIF bytes).
-async fn sycri_pull(image: &str) -> Res<(f64, u64)> {
-    let (mut server, sock) = Server::start()?;
-    let channel = server.connect(&sock).await?;
-    let mut img = ImageServiceClient::new(channel);
-    let t = Instant::now();
-    let r = img
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await;
-    let secs = t.elapsed().as_secs_f64();
-    if let Err(e) = r {
-        return Err(format!("PullImage: {e}; log:\n{}", server.log()));
-    }
-    let size = dir_bytes(&server.dir.path().join("store"));
-    Ok((secs, size))
-}
-
-fn dir_bytes(p: &Path) -> u64 {
-    let Ok(md) = std::fs::symlink_metadata(p) else {
-        return 0;
-    };
-    if md.is_dir() {
-        std::fs::read_dir(p)
-            .map(|rd| rd.flatten().map(|e| dir_bytes(&e.path())).sum())
-            .unwrap_or(0)
-    } else if md.is_file() {
-        md.len()
-    } else {
-        0
-    }
-}
-
-// ---------------------------------------------------------------------------
-// mksquashfs.
-
-fn mksquashfs(tree: &Path, out: &Path, comp: &str) -> Res<(f64, u64)> {
-    let _ = std::fs::remove_file(out);
-    let t = Instant::now();
-    let o = Command::new(MKSQUASHFS)
-        .arg(tree)
-        .arg(out)
-        .args(["-noappend", "-quiet", "-no-progress", "-comp", comp])
-        .stdin(Stdio::null())
+/// A busybox-like layer: the static busybox binary as /bin/busybox, a hard
+/// link to it for each applet it lists, /etc/passwd and /etc/group.
+fn busybox_layer() -> Res<Layer> {
+    let bin = std::fs::read(BUSYBOX).map_err(|e| format!("{BUSYBOX}: {e}"))?;
+    let out = Command::new(BUSYBOX)
+        .arg("--list")
         .output()
-        .map_err(|e| format!("mksquashfs: {e}"))?;
-    let secs = t.elapsed().as_secs_f64();
-    if !o.status.success() {
-        return Err(format!(
-            "mksquashfs {comp}: {}: {}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        ));
+        .map_err(|e| format!("busybox --list: {e}"))?;
+    let applets: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty() && *l != "busybox")
+        .map(str::to_string)
+        .collect();
+    let enc = GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut tar = tar::Builder::new(Counting(enc, 0));
+    let mut entries = 0;
+    let dir = |tar: &mut tar::Builder<_>, p: &str| -> Res<()> {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_mtime(1_700_000_000);
+        tar.append_data(&mut h, p, std::io::empty())
+            .map_err(|e| e.to_string())
+    };
+    for d in ["bin", "etc", "tmp", "root"] {
+        dir(&mut tar, d)?;
+        entries += 1;
     }
-    let size = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
-    Ok((secs, size))
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o755);
+    h.set_size(bin.len() as u64);
+    h.set_mtime(1_700_000_000);
+    tar.append_data(&mut h, "bin/busybox", bin.as_slice())
+        .map_err(|e| e.to_string())?;
+    for a in &applets {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Link);
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_mtime(1_700_000_000);
+        tar.append_link(&mut h, format!("bin/{a}"), "bin/busybox")
+            .map_err(|e| e.to_string())?;
+    }
+    for (p, d) in [
+        ("etc/passwd", &b"root:x:0:0:root:/root:/bin/sh\n"[..]),
+        ("etc/group", b"root:x:0:\n"),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(d.len() as u64);
+        h.set_mtime(1_700_000_000);
+        tar.append_data(&mut h, p, d).map_err(|e| e.to_string())?;
+    }
+    entries += 3 + applets.len() as u64;
+    let Counting(enc, tar_bytes) = tar.into_inner().map_err(|e| e.to_string())?;
+    Ok(Layer {
+        gz: enc.finish().map_err(|e| e.to_string())?,
+        tar_bytes,
+        entries,
+    })
 }
 
 // ---------------------------------------------------------------------------
-// containerd.
+// The servers, driven over CRI.
 
-/// A private containerd on a fresh root; stopped and removed on drop.
-struct Containerd {
+async fn connect_unix(sock: &Path, what: &str, mut alive: impl FnMut() -> Res<()>) -> Res<Channel> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        alive()?;
+        if sock.exists() {
+            let s = sock.to_path_buf();
+            let ch = Endpoint::try_from("http://cri.invalid")
+                .map_err(|e| e.to_string())?
+                .connect_with_connector(tower::service_fn(move |_| {
+                    let s = s.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                            tokio::net::UnixStream::connect(s).await?,
+                        ))
+                    }
+                }))
+                .await;
+            if let Ok(ch) = ch {
+                let mut img = ImageServiceClient::new(ch.clone());
+                if img
+                    .list_images(cri::ListImagesRequest::default())
+                    .await
+                    .is_ok()
+                {
+                    return Ok(ch);
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{what}: no CRI socket after 30 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A CRI server under test: its process, socket and where it keeps images.
+struct Cri {
+    name: &'static str,
     dir: tempfile::TempDir,
     child: Proc,
-    sock: PathBuf,
+    img: ImageServiceClient<Channel>,
+    /// What counts as the image's size on disk.
+    store: Vec<PathBuf>,
 }
 
-impl Containerd {
-    fn start() -> Res<Containerd> {
-        let dir = tempfile::Builder::new()
-            .prefix("ctdb")
-            .tempdir_in("/tmp")
-            .map_err(|e| format!("temp dir: {e}"))?;
-        let d = dir.path();
-        let sock = d.join("c.sock");
-        let cfg = d.join("config.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "version = 2\nroot = \"{}\"\nstate = \"{}\"\noom_score = 0\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-                 [grpc]\n  address = \"{}\"\n[ttrpc]\n  address = \"\"\n\
-                 [debug]\n  address = \"\"\n  level = \"warn\"\n[metrics]\n  address = \"\"\n",
-                d.join("root").display(),
-                d.join("state").display(),
-                sock.display()
-            ),
-        )
-        .map_err(|e| format!("containerd config: {e}"))?;
-        let log = std::fs::File::create(d.join("containerd.log")).map_err(|e| e.to_string())?;
-        let child = Command::new(CONTAINERD)
-            .arg("--config")
-            .arg(&cfg)
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("start containerd: {e}"))?;
-        let mut c = Containerd {
-            dir,
-            child: Proc(Some(child)),
-            sock,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(Ok(Some(st))) = c.child.0.as_mut().map(|c| c.try_wait()) {
-                return Err(format!("containerd exited ({st}): {}", c.log_tail()));
-            }
-            if c.sock.exists() && c.ctr(&["version"]).is_ok() {
-                return Ok(c);
-            }
-            if Instant::now() > deadline {
-                return Err(format!("containerd not up after 30 s: {}", c.log_tail()));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let l = std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
-        let lines: Vec<&str> = l.lines().collect();
-        lines[lines.len().saturating_sub(5)..].join("\n")
-    }
-
-    fn ctr(&self, args: &[&str]) -> Res<()> {
-        let o = Command::new(CTR)
-            .arg("-a")
-            .arg(&self.sock)
-            .args(["-n", "bench"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("ctr: {e}"))?;
-        if o.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "ctr {}: {}: {}",
-                args.join(" "),
-                o.status,
-                String::from_utf8_lossy(&o.stderr).trim()
-            ))
-        }
-    }
+fn log_tail(p: &Path) -> String {
+    let l = std::fs::read_to_string(p).unwrap_or_default();
+    let lines: Vec<&str> = l.lines().collect();
+    lines[lines.len().saturating_sub(8)..].join("\n")
 }
 
-impl Drop for Containerd {
+async fn start_sycri() -> Res<Cri> {
+    let dir = tempfile::Builder::new()
+        .prefix("sypb")
+        .tempdir_in("/tmp")
+        .map_err(|e| format!("temp dir: {e}"))?;
+    let d = dir.path().to_path_buf();
+    // SYCRI_BENCH_SYCRI_TOML: the server's config (e.g. another image_compression_level).
+    let toml = std::env::var("SYCRI_BENCH_SYCRI_TOML").unwrap_or_default();
+    std::fs::write(d.join("sycri.toml"), toml).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(d.join("cni")).map_err(|e| e.to_string())?;
+    let sock = d.join("cri.sock");
+    let log = std::fs::File::create(d.join("server.log")).map_err(|e| e.to_string())?;
+    let child = Command::new(env!("CARGO_BIN_EXE_sycri"))
+        .arg("--config")
+        .arg(d.join("sycri.toml"))
+        .arg("--listen")
+        .arg(format!("unix://{}", sock.display()))
+        .arg("--storage-dir")
+        .arg(d.join("store"))
+        .arg("--run-dir")
+        .arg(d.join("run"))
+        .arg("--cni-conf-dir")
+        .arg(d.join("cni"))
+        .arg("--log-level")
+        .arg("info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("start sycri: {e}"))?;
+    let mut child = Proc(Some(child));
+    let logp = d.join("server.log");
+    let ch = connect_unix(&sock, "sycri", || {
+        match child.0.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(st))) => Err(format!("sycri exited ({st}): {}", log_tail(&logp))),
+            _ => Ok(()),
+        }
+    })
+    .await?;
+    Ok(Cri {
+        name: "sycri",
+        store: vec![d.join("store/images/sha256")],
+        dir,
+        child,
+        img: ImageServiceClient::new(ch),
+    })
+}
+
+async fn start_containerd(port: u16) -> Res<Cri> {
+    let dir = tempfile::Builder::new()
+        .prefix("ctdb")
+        .tempdir_in("/tmp")
+        .map_err(|e| format!("temp dir: {e}"))?;
+    let d = dir.path().to_path_buf();
+    let sock = d.join("c.sock");
+    let certs = d.join("certs.d").join(format!("127.0.0.1:{port}"));
+    std::fs::create_dir_all(&certs).map_err(|e| e.to_string())?;
+    std::fs::write(
+        certs.join("hosts.toml"),
+        format!(
+            "server = \"http://127.0.0.1:{port}\"\n[host.\"http://127.0.0.1:{port}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(d.join("cni")).map_err(|e| e.to_string())?;
+    let cfg = d.join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\noom_score = 0\n\
+             [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"\"\n\
+             [debug]\n  address = \"\"\n  level = \"warn\"\n[metrics]\n  address = \"\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\"]\n  restrict_oom_score_adj = true\n\
+               disable_apparmor = true\n  tolerate_missing_hugetlb_controller = true\n\
+               stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  snapshotter = \"overlayfs\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"/usr/lib/cni\"\n  conf_dir = \"{cni}\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"{certs}\"\n",
+            root = d.join("root").display(),
+            state = d.join("state").display(),
+            sock = sock.display(),
+            cni = d.join("cni").display(),
+            certs = d.join("certs.d").display(),
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let log = std::fs::File::create(d.join("containerd.log")).map_err(|e| e.to_string())?;
+    let child = Command::new(CONTAINERD)
+        .arg("--config")
+        .arg(&cfg)
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("start containerd: {e}"))?;
+    let mut child = Proc(Some(child));
+    let logp = d.join("containerd.log");
+    let ch = connect_unix(&sock, "containerd", || {
+        match child.0.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(st))) => Err(format!("containerd exited ({st}): {}", log_tail(&logp))),
+            _ => Ok(()),
+        }
+    })
+    .await?;
+    Ok(Cri {
+        name: "containerd",
+        store: vec![
+            d.join("root/io.containerd.content.v1.content"),
+            d.join("root/io.containerd.snapshotter.v1.overlayfs"),
+        ],
+        dir,
+        child,
+        img: ImageServiceClient::new(ch),
+    })
+}
+
+impl Drop for Cri {
     fn drop(&mut self) {
         if let Some(c) = self.child.0.as_ref() {
             // SAFETY: kill(2) on our own child.
@@ -675,202 +688,222 @@ impl Drop for Containerd {
     }
 }
 
-/// One `ctr images pull` (fetch + unpack into the overlayfs snapshotter) on a
-/// fresh containerd root; returns seconds.
-fn containerd_pull(image: &str) -> Res<f64> {
-    let c = Containerd::start()?;
-    let t = Instant::now();
-    c.ctr(&["images", "pull", "--plain-http", image])?;
-    let secs = t.elapsed().as_secs_f64();
-    let root = c.dir.path().join("root");
-    let snaps = root.join("io.containerd.snapshotter.v1.overlayfs/snapshots");
-    let n = std::fs::read_dir(&snaps).map(|r| r.count()).unwrap_or(0);
-    if n == 0 {
-        return Err(format!("no snapshots unpacked under {}", snaps.display()));
+/// Allocated bytes under `p`, each inode once (hard links share their blocks).
+fn dir_bytes(p: &Path) -> u64 {
+    fn walk(p: &Path, seen: &mut std::collections::HashSet<(u64, u64)>) -> u64 {
+        let Ok(md) = std::fs::symlink_metadata(p) else {
+            return 0;
+        };
+        if md.is_dir() {
+            std::fs::read_dir(p)
+                .map(|rd| rd.flatten().map(|e| walk(&e.path(), seen)).sum())
+                .unwrap_or(0)
+        } else if md.is_file() && seen.insert((md.dev(), md.ino())) {
+            md.blocks() * 512
+        } else {
+            0
+        }
     }
-    Ok(secs)
+    walk(p, &mut std::collections::HashSet::new())
+}
+
+/// kB values of VmRSS and VmHWM of a process.
+fn rss_kb(pid: u32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let get = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (get("VmRSS:"), get("VmHWM:"))
+}
+
+/// One measured pull: seconds, bytes on disk, peak VmRSS and VmHWM in kB.
+struct Sample {
+    secs: f64,
+    disk: u64,
+    peak_kb: u64,
+    hwm_kb: u64,
+}
+
+async fn pull_once(c: &mut Cri, image: &str) -> Res<Sample> {
+    let pid = c.child.0.as_ref().map(|p| p.id()).unwrap_or(0);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let sampler = std::thread::spawn(move || {
+        let mut peak = 0;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            peak = peak.max(rss_kb(pid).0);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        peak
+    });
+    let t = Instant::now();
+    let r = c
+        .img
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+    let secs = t.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak_kb = sampler.join().unwrap_or(0).max(rss_kb(pid).0);
+    let id = r
+        .map_err(|e| format!("{} PullImage {image}: {e}", c.name))?
+        .into_inner()
+        .image_ref;
+    let disk = c.store.iter().map(|p| dir_bytes(p)).sum();
+    let hwm_kb = rss_kb(pid).1;
+    c.img
+        .remove_image(cri::RemoveImageRequest {
+            image: Some(cri::ImageSpec {
+                image: id,
+                ..Default::default()
+            }),
+        })
+        .await
+        .map_err(|e| format!("{} RemoveImage: {e}", c.name))?;
+    Ok(Sample {
+        secs,
+        disk,
+        peak_kb,
+        hwm_kb,
+    })
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------
 
 async fn run() -> Res<()> {
-    let rounds = env_num("SYCRI_BENCH_ROUNDS", 3);
+    let rounds = env_num("SYCRI_BENCH_ROUNDS", 5);
     let total_mb = env_num("SYCRI_BENCH_PULL_MB", 100);
+    let big_mb = std::env::var("SYCRI_BENCH_BIG_MB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(1024);
     let work = tempfile::Builder::new()
         .prefix("sypull")
         .tempdir_in("/tmp")
         .map_err(|e| format!("temp dir: {e}"))?;
-
     let t = Instant::now();
-    let layers = tokio::task::spawn_blocking(move || build_layers((total_mb as u64) << 20))
+    let mut images: Vec<(String, Vec<Layer>, usize)> = Vec::new();
+    images.push(("busybox".into(), vec![busybox_layer()?], rounds));
+    let mb = total_mb as u64;
+    let layers = tokio::task::spawn_blocking(move || build_layers(mb << 20))
         .await
         .map_err(|e| e.to_string())??;
-    let gz: u64 = layers.iter().map(|l| l.gz.len() as u64).sum();
-    let tar: u64 = layers.iter().map(|l| l.tar_bytes).sum();
-    let files: u64 = layers.iter().map(|l| l.file_bytes).sum();
+    images.push((format!("{total_mb}mb"), layers, rounds));
+    if big_mb > 0 {
+        let layers = tokio::task::spawn_blocking(move || build_layers(big_mb << 20))
+            .await
+            .map_err(|e| e.to_string())??;
+        images.push((format!("{big_mb}mb"), layers, 1));
+    }
     println!(
-        "pull bench: image of this machine's files (not a debootstrap rootfs), {} layers tar+gzip, built in {:.1} s:",
-        layers.len(),
+        "pull bench: images of this machine's files, tar+gzip layers, built in {:.1} s:",
         t.elapsed().as_secs_f64()
     );
-    for l in &layers {
+    for (name, layers, _) in &images {
+        let gz: u64 = layers.iter().map(|l| l.gz.len() as u64).sum();
+        let tar: u64 = layers.iter().map(|l| l.tar_bytes).sum();
+        let entries: u64 = layers.iter().map(|l| l.entries).sum();
         println!(
-            "  {:<28} {:>6} entries  files {:>6.1} MB  tar {:>6.1} MB  gzip {:>5.1} MB",
-            l.source,
-            l.entries,
-            l.file_bytes as f64 / MB,
-            l.tar_bytes as f64 / MB,
-            l.gz.len() as f64 / MB
+            "  {name:<8} {} layers, {entries} entries, tar {:.1} MB, gzip {:.1} MB",
+            layers.len(),
+            tar as f64 / MB,
+            gz as f64 / MB
         );
     }
-    println!(
-        "  total: files {:.1} MB, tar {:.1} MB (\"unpacked\"), gzip {:.1} MB (\"compressed\")",
-        files as f64 / MB,
-        tar as f64 / MB,
-        gz as f64 / MB
-    );
-
-    // The same tree on disk, for mksquashfs.
-    let tree = work.path().join("tree");
-    std::fs::create_dir_all(&tree).map_err(|e| e.to_string())?;
-    for l in &layers {
-        let mut a = tar::Archive::new(flate2::read::GzDecoder::new(l.gz.as_slice()));
-        a.set_preserve_permissions(true);
-        a.set_preserve_mtime(true);
-        a.set_overwrite(true);
-        a.unpack(&tree)
-            .map_err(|e| format!("unpack {}: {e}", l.source))?;
-    }
-
     let reg_dir = work.path().join("registry");
     std::fs::create_dir_all(&reg_dir).map_err(|e| e.to_string())?;
     let (_registry, port) = start_registry(&reg_dir).await?;
-    push_image(port, "bench", "v1", &layers).await?;
-    let image = format!("127.0.0.1:{port}/bench:v1");
-    println!("  pushed as {image}; {rounds} runs per tool, fresh store each, median shown\n");
-    drop(layers);
-
-    let comp = sycri::convert::Compression::host_default();
-    let comp_name = match comp {
-        sycri::convert::Compression::Zstd => "zstd",
-        sycri::convert::Compression::Gzip => "gzip",
-    };
-
-    // Warm the page cache for every tool alike (registry blobs, tree).
-    let _ = sycri_pull(&image).await;
-
-    let mut sy = Vec::new();
-    let mut sy_size = 0;
-    for _ in 0..rounds {
-        let (s, n) = sycri_pull(&image).await?;
-        sy.push(s);
-        sy_size = n;
+    let mut refs = Vec::new();
+    for (name, layers, n) in &images {
+        push_image(port, "bench", name, layers).await?;
+        refs.push((name.clone(), format!("127.0.0.1:{port}/bench:{name}"), *n));
     }
+    drop(images);
 
-    let out = work.path().join("out.sqfs");
-    let mut sq: Vec<(String, Vec<f64>, u64)> = Vec::new();
-    let mut comps = vec![comp_name];
-    if comp_name != "gzip" {
-        comps.push("gzip");
-    }
-    for c in comps {
-        let mut v = Vec::new();
-        let mut size = 0;
-        for _ in 0..rounds {
-            let (s, n) = mksquashfs(&tree, &out, c)?;
-            v.push(s);
-            size = n;
-        }
-        sq.push((format!("mksquashfs -comp {c}"), v, size));
-    }
-
-    let ctd: Res<Vec<f64>> = if !Path::new(CONTAINERD).exists() || !Path::new(CTR).exists() {
-        Err(format!("{CONTAINERD} or {CTR} not installed"))
+    let mut servers = vec![start_sycri().await?];
+    let have_ctd = Path::new(CONTAINERD).exists();
+    if have_ctd {
+        servers.push(start_containerd(port).await?);
     } else {
-        let img = image.clone();
-        tokio::task::spawn_blocking(move || {
-            (0..rounds)
-                .map(|_| containerd_pull(&img))
-                .collect::<Res<Vec<f64>>>()
-        })
-        .await
-        .map_err(|e| e.to_string())?
-    };
-
-    let unpacked = tar as f64 / MB;
-    let compressed = gz as f64 / MB;
-    println!(
-        "{:<44} {:>8} {:>8} {:>14} {:>14} {:>9}",
-        "", "median s", "min s", "MB/s unpacked", "MB/s gzip in", "out MB"
-    );
-    let row = |name: &str, v: &[f64], out: Option<u64>, gz_rate: bool| {
-        let m = median(v);
-        let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
-        println!(
-            "{:<44} {:>8.2} {:>8.2} {:>14.1} {:>14} {:>9}",
-            name,
-            m,
-            min,
-            unpacked / m,
-            if gz_rate {
-                format!("{:.1}", compressed / m)
-            } else {
-                "-".into()
-            },
-            out.map(|b| format!("{:.1}", b as f64 / MB))
-                .unwrap_or_else(|| "-".into())
-        );
-    };
-    row(
-        &format!("sycri PullImage (fetch+convert, {comp_name} SIF)"),
-        &sy,
-        Some(sy_size),
-        true,
-    );
-    for (name, v, size) in &sq {
-        row(
-            &format!("{name} of the unpacked tree"),
-            v,
-            Some(*size),
-            false,
-        );
+        println!("containerd: not measured ({CONTAINERD} not installed)");
     }
-    match &ctd {
-        Ok(v) => row(
-            "containerd 1.6 ctr pull (fetch+unpack overlayfs)",
-            v,
-            None,
-            true,
-        ),
-        Err(e) => println!("containerd: not measured ({e})"),
-    }
-    let sy_m = median(&sy);
-    let sq_m = median(&sq[0].1);
+    let comp = sycri::convert::Compression::host_default();
     println!(
-        "\ntarget: sycri no slower than mksquashfs -comp {comp_name} of the unpacked tree: \
-         {sy_m:.2} s vs {sq_m:.2} s ({:.2}x) -> {}",
-        sy_m / sq_m,
-        if sy_m <= sq_m { "MET" } else { "NOT MET" }
+        "  sycri converts to a {} squashfs (default level {}; config {:?}) in a SIF; containerd unpacks into overlayfs and keeps the compressed layers",
+        comp.name(),
+        comp.default_level(),
+        std::env::var("SYCRI_BENCH_SYCRI_TOML").unwrap_or_default()
     );
     println!(
-        "(runs, s: sycri {:?}; mksquashfs {:?}{})",
-        sy.iter()
-            .map(|s| (s * 100.0).round() / 100.0)
-            .collect::<Vec<_>>(),
-        sq[0]
-            .1
-            .iter()
-            .map(|s| (s * 100.0).round() / 100.0)
-            .collect::<Vec<_>>(),
-        match &ctd {
-            Ok(v) => format!(
-                "; containerd {:?}",
-                v.iter()
-                    .map(|s| (s * 100.0).round() / 100.0)
-                    .collect::<Vec<_>>()
-            ),
-            Err(_) => String::new(),
+        "  {rounds} rounds (pull, then RemoveImage) after a warm-up, one server each; load average before: {}\n",
+        loadavg()
+    );
+    println!(
+        "{:<9} {:<11} {:>9} {:>9} {:>11} {:>13} {:>11}",
+        "image", "server", "median ms", "min ms", "disk MB", "peak RSS MB", "VmHWM MB"
+    );
+    let mut medians: Vec<(String, Vec<f64>)> = Vec::new();
+    for (name, image, n) in &refs {
+        let mut row = Vec::new();
+        for c in servers.iter_mut() {
+            if *n > 1 {
+                pull_once(c, image).await?;
+            }
+            let mut samples = Vec::new();
+            for _ in 0..*n {
+                samples.push(pull_once(c, image).await?);
+            }
+            let times: Vec<f64> = samples.iter().map(|s| s.secs * 1000.0).collect();
+            let m = median(&times);
+            let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
+            let last = samples.last().ok_or("no samples")?;
+            let peak = samples.iter().map(|s| s.peak_kb).max().unwrap_or(0);
+            println!(
+                "{:<9} {:<11} {:>9.1} {:>9.1} {:>11.1} {:>13.1} {:>11.1}",
+                name,
+                c.name,
+                m,
+                min,
+                last.disk as f64 / MB,
+                peak as f64 / 1024.0,
+                last.hwm_kb as f64 / 1024.0
+            );
+            row.push(m);
         }
-    );
+        medians.push((name.clone(), row));
+    }
+    println!("\nload average after: {}", loadavg());
+    if have_ctd {
+        for (name, row) in &medians {
+            if let [sy, ctd] = row[..] {
+                println!(
+                    "target {name}: sycri at most half of containerd's pull+unpack time: {sy:.1} ms vs {ctd:.1} ms ({:.2}x) -> {}",
+                    sy / ctd,
+                    if sy <= ctd / 2.0 { "MET" } else { "NOT MET" }
+                );
+            }
+        }
+    }
+    if let Some(c) = servers.first() {
+        println!(
+            "sycri VmHWM over the whole run (target < 100 MB while pulling 1 GB): {:.1} MB",
+            rss_kb(c.child.0.as_ref().map(|p| p.id()).unwrap_or(0)).1 as f64 / 1024.0
+        );
+    }
     Ok(())
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: sets the machine up (scripts/setup.sh), then
 #   cargo fmt --check, cargo clippy -D warnings   (fail fast)
+#   scripts/check-layers.py                       (modules depend one way)
 #   cargo build --workspace --all-targets, scripts/build-engine.sh
 #   cargo test --workspace --no-fail-fast [ARGS...]
 # as root: the tests attach loop devices, mount and make namespaces.
@@ -45,6 +46,9 @@ if [ "${SYCRI_SKIP_LINT:-0}" != 1 ]; then
         echo "test.sh: clippy not installed, skipping lints" >&2
     fi
 fi
+
+# Modules depend on each other one way, layer by layer (no import cycle).
+step python3 scripts/check-layers.py
 
 step cargo build --workspace --all-targets
 

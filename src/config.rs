@@ -57,6 +57,108 @@ pub struct Config {
     /// exec, port-forward): a `sycri-engine` built from the same sources.
     /// Default: `sycri-engine` beside `sycri` when it matches, else `sycri`.
     pub engine_binary: Option<PathBuf>,
+    /// Block compression of images converted from registries: `auto` (zstd
+    /// where the kernel's squashfs has it, else gzip), `zstd` or `gzip`.
+    pub image_compression: ImageCompression,
+    /// Its level (zstd 1-22, default 1; gzip 1-9, default 6).
+    pub image_compression_level: Option<i32>,
+    /// A pull that receives nothing for this long fails (`"5m"`, `"30s"`; `"0"`: never).
+    pub image_pull_progress_timeout: DurationText,
+    /// Layers of one image downloaded at once.
+    pub max_concurrent_downloads: usize,
+}
+
+/// See [`Config::image_compression`].
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageCompression {
+    #[default]
+    Auto,
+    Zstd,
+    Gzip,
+}
+
+impl ImageCompression {
+    /// The compression asked for; `None` for `auto`.
+    pub fn resolve(self) -> Option<crate::convert::Compression> {
+        match self {
+            ImageCompression::Auto => None,
+            ImageCompression::Zstd => Some(crate::convert::Compression::Zstd),
+            ImageCompression::Gzip => Some(crate::convert::Compression::Gzip),
+        }
+    }
+}
+
+/// A duration written as in containerd's config: `"5m"`, `"1m30s"`, `"500ms"`,
+/// `"2h"`, `"0"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DurationText(pub std::time::Duration);
+
+impl DurationText {
+    pub fn parse(s: &str) -> Result<DurationText, String> {
+        let t = s.trim();
+        if t == "0" {
+            return Ok(DurationText(std::time::Duration::ZERO));
+        }
+        let mut total = 0u128;
+        let mut rest = t;
+        if rest.is_empty() {
+            return Err(format!("{s:?} is not a duration"));
+        }
+        while !rest.is_empty() {
+            let n = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let value: u128 = rest[..n]
+                .parse()
+                .map_err(|_| format!("{s:?} is not a duration (like \"5m\" or \"30s\")"))?;
+            rest = &rest[n..];
+            let u = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let ms = match &rest[..u] {
+                "ms" => 1,
+                "s" => 1000,
+                "m" => 60_000,
+                "h" => 3_600_000,
+                other => return Err(format!("{s:?}: unknown unit {other:?} (ms, s, m, h)")),
+            };
+            rest = &rest[u..];
+            total = total.saturating_add(value.saturating_mul(ms));
+        }
+        let ms = u64::try_from(total).map_err(|_| format!("{s:?} is too long"))?;
+        Ok(DurationText(std::time::Duration::from_millis(ms)))
+    }
+}
+
+impl std::fmt::Display for DurationText {
+    // `is_multiple_of` needs Rust 1.87; the crate builds with 1.85.
+    #[allow(clippy::manual_is_multiple_of)]
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_millis();
+        if ms == 0 {
+            write!(f, "0")
+        } else if ms % 60_000 == 0 {
+            write!(f, "{}m", ms / 60_000)
+        } else if ms % 1000 == 0 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl Serialize for DurationText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        DurationText::parse(&s).map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for Config {
@@ -77,6 +179,10 @@ impl Default for Config {
             runtime_handlers: Vec::new(),
             registry: crate::registry::RegistryConfig::default(),
             engine_binary: None,
+            image_compression: ImageCompression::Auto,
+            image_compression_level: None,
+            image_pull_progress_timeout: DurationText(std::time::Duration::from_secs(300)),
+            max_concurrent_downloads: 3,
         }
     }
 }
@@ -95,16 +201,22 @@ pub enum ConfigError {
     },
     #[error("listen address {0:?}: only unix sockets are supported (unix:///path)")]
     Listen(String),
+    #[error("config: {0}")]
+    Invalid(String),
 }
 
 impl Config {
     /// Reads a config file. A missing file at the default location gives the defaults.
     pub fn load(path: &Path, must_exist: bool) -> Result<Config, ConfigError> {
         match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text).map_err(|source| ConfigError::Parse {
-                path: path.to_path_buf(),
-                source,
-            }),
+            Ok(text) => {
+                let c: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                c.check()?;
+                Ok(c)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
                 Ok(Config::default())
             }
@@ -113,6 +225,29 @@ impl Config {
                 source,
             }),
         }
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if let Some(level) = self.image_compression_level {
+            let c = self
+                .image_compression
+                .resolve()
+                .unwrap_or_else(crate::convert::Compression::host_default);
+            if !c.levels().contains(&level) {
+                return Err(ConfigError::Invalid(format!(
+                    "image_compression_level {level} is not a {} level ({:?})",
+                    c.name(),
+                    c.levels()
+                )));
+            }
+        }
+        if self.max_concurrent_downloads == 0 {
+            return Err(ConfigError::Invalid(
+                "max_concurrent_downloads must be at least 1".into(),
+            ));
+        }
+        Ok(())
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -179,6 +314,53 @@ mod tests {
             ..Config::default()
         };
         assert!(bad.socket_path().is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn pull_keys() {
+        let dir = tempfile_dir();
+        let p = dir.join("pull.toml");
+        std::fs::write(
+            &p,
+            "image_compression = \"gzip\"\nimage_compression_level = 9\n\
+             image_pull_progress_timeout = \"1m30s\"\nmax_concurrent_downloads = 5\n",
+        )
+        .unwrap_or_default();
+        let c = Config::load(&p, true).expect("load");
+        assert_eq!(c.image_compression, ImageCompression::Gzip);
+        assert_eq!(c.image_compression_level, Some(9));
+        assert_eq!(c.image_pull_progress_timeout.0.as_secs(), 90);
+        assert_eq!(c.max_concurrent_downloads, 5);
+        // Printed and read back.
+        let text = toml::to_string(&c).expect("print");
+        assert!(
+            text.contains("image_pull_progress_timeout = \"90s\""),
+            "{text}"
+        );
+        assert_eq!(toml::from_str::<Config>(&text).expect("reparse"), c);
+        assert_eq!(
+            Config::default().image_pull_progress_timeout.to_string(),
+            "5m"
+        );
+        for bad in [
+            "image_compression = \"xz\"\n",
+            "image_compression = \"gzip\"\nimage_compression_level = 12\n",
+            "image_pull_progress_timeout = \"5 minutes\"\n",
+            "image_pull_progress_timeout = \"\"\n",
+            "max_concurrent_downloads = 0\n",
+        ] {
+            std::fs::write(&p, bad).unwrap_or_default();
+            assert!(Config::load(&p, true).is_err(), "{bad}");
+        }
+        assert_eq!(
+            DurationText::parse("0").map(|d| d.0),
+            Ok(std::time::Duration::ZERO)
+        );
+        assert_eq!(
+            DurationText::parse("250ms").map(|d| d.0),
+            Ok(std::time::Duration::from_millis(250))
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

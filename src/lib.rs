@@ -3,7 +3,7 @@
 //! - `cri`: the gRPC faces (one file per RPC family), CRI conversions and filters;
 //! - `service`: the operations (`Runtime`);
 //! - `store` (pods and containers), `engine` (helpers, monitors, kernel
-//!   state), `streaming`, `images`, `cni`, `registry`, `convert`;
+//!   state), `streaming`, `images`, `pull`, `cni`, `registry`, `convert`;
 //! - `sycri_native`, the engine crate.
 //!
 //! `server` wires them together; `config`, `error`, `proto`, `util`, `fdio`,
@@ -19,6 +19,7 @@ pub mod error;
 pub mod fdio;
 pub mod images;
 pub mod proto;
+pub mod pull;
 pub mod registry;
 pub mod seccomp;
 pub mod server;

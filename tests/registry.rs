@@ -6,7 +6,7 @@
 //! and registries, size limits and mirrors are covered too.
 //!
 //! Needs /usr/bin/docker-registry (package docker-registry), /bin/busybox
-//! (busybox-static) and tar2sqfs (squashfs-tools-ng); without the first two each
+//! (busybox-static); without them each
 //! test says SKIPPED.
 
 mod common;
@@ -16,6 +16,7 @@ use common::*;
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::time::Duration;
 use sycri::proto::cri;
 use tonic::Code;
 
@@ -1126,4 +1127,123 @@ async fn config_with_null_fields_pulls() {
     stop_pod(&mut s.rt, &pod).await.expect("stop pod");
     remove_pod(&mut s.rt, &pod).await.expect("remove pod");
     assert_no_leaks(s.dir.path(), &[]);
+}
+
+/// `image_pull_progress_timeout`: a registry that stops sending half way
+/// through a layer ends the pull after that long with DeadlineExceeded and a
+/// message that says so; nothing is left in the store's temporary directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_pull_times_out_and_leaves_nothing() {
+    if !ready("stalled_pull_times_out_and_leaves_nothing") {
+        return;
+    }
+    let tiny = TinyServer::start().await;
+    let image = Image::busybox3(json!({}));
+    tiny.serve_image("slow/app", "v1", &image, Flavor::OciManifest);
+    let layer = &image.layers[0];
+    tiny.set(
+        &format!("/v2/slow/app/blobs/{}", layer.digest()),
+        Reply::Stall("application/octet-stream".into(), layer.bytes.clone(), 1000),
+    );
+    let mut s = start_server_with_config("image_pull_progress_timeout = \"1500ms\"\n").await;
+    let t = std::time::Instant::now();
+    let err = pull_ref(&mut s.img, &format!("{}/slow/app:v1", tiny.host()))
+        .await
+        .expect_err("a stalled pull fails");
+    let took = t.elapsed();
+    eprintln!(
+        "stalled: {:?} after {took:?}: {}",
+        err.code(),
+        err.message()
+    );
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{}", err.message());
+    assert!(
+        err.message().contains("no data received"),
+        "{}",
+        err.message()
+    );
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    wait_for(
+        "the temporary directory to empty",
+        Duration::from_secs(5),
+        || tmp_entries(&s).is_empty(),
+    )
+    .await;
+    assert!(list_images(&mut s.img).await.is_empty());
+}
+
+/// A PullImage whose client goes away stops the download (the registry sees
+/// the connection close) and leaves no temporary file, unless another
+/// PullImage of the same image still waits: then the one download goes on and
+/// serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_pull_stops_its_download_unless_shared() {
+    if !ready("cancelled_pull_stops_its_download_unless_shared") {
+        return;
+    }
+    let tiny = TinyServer::start().await;
+    let image = Image::busybox3(json!({}));
+    tiny.serve_image("drip/app", "v1", &image, Flavor::OciManifest);
+    let layer = &image.layers[0];
+    let blob = format!("/v2/drip/app/blobs/{}", layer.digest());
+    // About 4 s for the whole layer.
+    let chunk = layer.bytes.len() / 40 + 1;
+    tiny.set(
+        &blob,
+        Reply::Drip(
+            "application/octet-stream".into(),
+            layer.bytes.clone(),
+            chunk,
+            100,
+        ),
+    );
+    let mut s = Server::start().await;
+    let reference = format!("{}/drip/app:v1", tiny.host());
+
+    // Alone: given up after 1 s.
+    let r = tokio::time::timeout(Duration::from_secs(1), pull_ref(&mut s.img, &reference)).await;
+    assert!(r.is_err(), "the pull should still run: {r:?}");
+    wait_for(
+        "the registry to see the download stop",
+        Duration::from_secs(5),
+        || tiny.aborted.lock().expect("aborted").contains(&blob),
+    )
+    .await;
+    wait_for(
+        "the temporary directory to empty",
+        Duration::from_secs(5),
+        || tmp_entries(&s).is_empty(),
+    )
+    .await;
+    assert!(list_images(&mut s.img).await.is_empty());
+
+    // Shared: the first caller leaves, the second gets the image from the same download.
+    let gets_before = tiny
+        .requests
+        .lock()
+        .expect("requests")
+        .iter()
+        .filter(|p| **p == blob)
+        .count();
+    let mut img2 = s.img.clone();
+    let reference2 = reference.clone();
+    let second = tokio::spawn(async move { pull_ref(&mut img2, &reference2).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first =
+        tokio::time::timeout(Duration::from_millis(700), pull_ref(&mut s.img, &reference)).await;
+    assert!(first.is_err(), "the first caller gives up");
+    let id = second
+        .await
+        .expect("join")
+        .unwrap_or_else(|e| panic!("shared pull: {e:?}\n{}", tail(&server_log(s.dir.path()))));
+    assert_eq!(id, image.config_digest());
+    let gets = tiny
+        .requests
+        .lock()
+        .expect("requests")
+        .iter()
+        .filter(|p| **p == blob)
+        .count();
+    assert_eq!(gets - gets_before, 1, "one download for both callers");
+    assert!(tmp_entries(&s).is_empty());
 }

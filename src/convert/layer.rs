@@ -1,11 +1,9 @@
 //! Opening layer blobs: media type check, compression detection by magic bytes,
 //! and telling errors of the file apart from errors in the compressed data.
 
-use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
-use std::path::Path;
 
-use super::ConvertError;
+use super::error::ConvertError;
 
 /// Read buffer for layer files.
 const FILE_BUF: usize = 256 * 1024;
@@ -80,10 +78,10 @@ impl std::fmt::Display for SourceError {
 
 impl std::error::Error for SourceError {}
 
-/// The layer file, with its read errors wrapped in [`SourceError`].
-struct Source(File);
+/// The layer blob, with its read errors wrapped in [`SourceError`].
+struct Source<R>(R);
 
-impl Read for Source {
+impl<R: Read> Read for Source<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.0
             .read(buf)
@@ -113,18 +111,15 @@ pub(crate) fn read_error(layer: usize, e: io::Error) -> ConvertError {
     ConvertError::InvalidLayer { layer, reason }
 }
 
-/// Opens layer `index` and returns its decompressed tar stream.
-pub(crate) fn open(
+/// The decompressed tar stream of layer `index`, read from `blob` (errors of
+/// `blob` itself are reported as I/O errors, not as a bad layer).
+pub(crate) fn decompress<'a, R: Read + 'a>(
     index: usize,
-    path: &Path,
+    blob: R,
     media_type: &str,
-) -> Result<(Box<dyn Read>, Codec), ConvertError> {
+) -> Result<(Box<dyn Read + 'a>, Codec), ConvertError> {
     check_media_type(index, media_type)?;
-    let file = File::open(path).map_err(|e| ConvertError::Io {
-        context: format!("open layer {index} ({})", path.display()),
-        source: e,
-    })?;
-    let mut br = BufReader::with_capacity(FILE_BUF, Source(file));
+    let mut br = BufReader::with_capacity(FILE_BUF, Source(blob));
     let head = peek(&mut br, 6).map_err(|e| read_error(index, e))?;
     let codec = if head.starts_with(&[0x1f, 0x8b]) {
         Codec::Gzip
@@ -148,7 +143,7 @@ pub(crate) fn open(
             );
         }
     }
-    let stream: Box<dyn Read> = match codec {
+    let stream: Box<dyn Read + 'a> = match codec {
         Codec::Plain => Box::new(br),
         Codec::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(br)),
         Codec::Zstd => Box::new(

@@ -1,5 +1,6 @@
-//! Pass 1: the merged view of all layers, built from tar headers only, and the
-//! plan for pass 2 (which entry of which layer is written under which names).
+//! The merged view of all layers, built entry by entry as the layers stream by,
+//! and the plan of the image: every directory with its final attributes, and
+//! every inode that still has names, under those names.
 //!
 //! Semantics follow the OCI image spec's changesets as containerd applies them:
 //! - an entry replaces what is at its path; a directory over a directory only
@@ -22,8 +23,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::error::ConvertError;
 use super::tar_read::{Entry, Kind};
-use super::ConvertError;
 
 /// Metadata of a directory (kept in memory until pass 2 writes all directories
 /// first).
@@ -73,44 +74,39 @@ struct Node {
     kind: NodeKind,
 }
 
-/// Where an inode's content is.
-#[derive(Debug, Clone, Copy)]
-struct InodeInfo {
-    layer: usize,
-    index: u64,
-    kind: Kind,
-    size: u64,
-}
-
-/// What pass 2 writes for one layer entry.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Emit {
-    /// Kind and size the entry had in pass 1 (checked again in pass 2).
-    pub kind: Kind,
-    pub size: u64,
-    /// The first name gets the entry; the others are hard links to it.
-    pub names: Vec<Vec<u8>>,
-}
-
-/// The result of pass 1.
+/// A file, symlink or FIFO entry: its header (without the path) and what the
+/// caller keeps with it (where its data went).
 #[derive(Debug)]
-pub(crate) struct Plan {
+pub(crate) struct InodeInfo<P> {
+    pub entry: Entry,
+    pub data: P,
+}
+
+/// The merged image.
+#[derive(Debug)]
+pub(crate) struct Plan<P> {
     pub root: DirMeta,
     /// All directories but the root, parents before children.
     pub dirs: Vec<(Vec<u8>, DirMeta)>,
-    /// Per layer: entry index → what to write.
-    pub emits: Vec<HashMap<u64, Emit>>,
+    /// Inodes that still have names, with their names in byte order.
+    pub inodes: Vec<(Vec<Vec<u8>>, InodeInfo<P>)>,
+    /// Inodes that lost all their names (replaced or whited out later).
+    pub orphans: Vec<InodeInfo<P>>,
     /// Entries the image will have (root, directories and all names).
     pub entries: u64,
 }
 
-pub(crate) struct Merger {
+pub(crate) struct Merger<P> {
     tree: BTreeMap<Vec<u8>, Node>,
     root: DirMeta,
-    inodes: Vec<InodeInfo>,
+    inodes: Vec<InodeInfo<P>>,
     entries: u64,
     max_entries: u64,
-    layers: usize,
+}
+
+/// Whether an entry is a whiteout (`.wh.<name>`, opaque markers and aufs metadata).
+pub(crate) fn is_whiteout(path: &[u8]) -> bool {
+    split(path).1.starts_with(b".wh.")
 }
 
 /// The parent directory ("" for the root) and the last component.
@@ -137,15 +133,14 @@ fn lossy(p: &[u8]) -> String {
     String::from_utf8_lossy(p).into_owned()
 }
 
-impl Merger {
-    pub fn new(layers: usize, max_entries: u64) -> Self {
+impl<P> Merger<P> {
+    pub fn new(max_entries: u64) -> Self {
         Merger {
             tree: BTreeMap::new(),
             root: DirMeta::implicit(),
             inodes: Vec::new(),
             entries: 0,
             max_entries,
-            layers,
         }
     }
 
@@ -210,8 +205,9 @@ impl Merger {
         Ok(())
     }
 
-    /// Applies one entry of layer `layer` (its `index`-th entry).
-    pub fn add(&mut self, layer: usize, index: u64, mut e: Entry) -> Result<(), ConvertError> {
+    /// Applies the next entry of layer `layer`; `data` stays with the inode a
+    /// file, symlink or FIFO entry makes.
+    pub fn add(&mut self, layer: usize, mut e: Entry, data: P) -> Result<(), ConvertError> {
         self.entries += 1;
         if self.entries > self.max_entries {
             return Err(ConvertError::TooLarge {
@@ -279,12 +275,7 @@ impl Merger {
             }
             Kind::Regular | Kind::Symlink | Kind::Fifo => {
                 let id = self.inodes.len() as u64;
-                self.inodes.push(InodeInfo {
-                    layer,
-                    index,
-                    kind: e.kind,
-                    size: e.size,
-                });
+                self.inodes.push(InodeInfo { entry: e, data });
                 NodeKind::Inode(id)
             }
         };
@@ -359,8 +350,8 @@ impl Merger {
         }
     }
 
-    /// Finishes pass 1.
-    pub fn plan(self) -> Plan {
+    /// The merged image.
+    pub fn plan(self) -> Plan<P> {
         let mut dirs = Vec::new();
         let mut names: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
         for (path, node) in self.tree {
@@ -371,28 +362,22 @@ impl Merger {
             }
         }
         let mut entries = 1 + dirs.len() as u64;
-        let mut emits: Vec<HashMap<u64, Emit>> = (0..self.layers).map(|_| HashMap::new()).collect();
-        for (id, names) in names {
-            // Ids are indexes into `inodes`.
-            let Some(info) = usize::try_from(id).ok().and_then(|i| self.inodes.get(i)) else {
-                continue;
-            };
-            entries += names.len() as u64;
-            if let Some(layer) = emits.get_mut(info.layer) {
-                layer.insert(
-                    info.index,
-                    Emit {
-                        kind: info.kind,
-                        size: info.size,
-                        names,
-                    },
-                );
+        let mut inodes = Vec::with_capacity(names.len());
+        let mut orphans = Vec::new();
+        for (id, info) in self.inodes.into_iter().enumerate() {
+            match names.remove(&(id as u64)) {
+                Some(n) => {
+                    entries += n.len() as u64;
+                    inodes.push((n, info));
+                }
+                None => orphans.push(info),
             }
         }
         Plan {
             root: self.root,
             dirs,
-            emits,
+            inodes,
+            orphans,
             entries,
         }
     }
@@ -424,8 +409,9 @@ mod tests {
         entry(p, Kind::Dir, "")
     }
 
-    fn apply(layers: &[Vec<Entry>]) -> Result<Plan, ConvertError> {
-        let mut m = Merger::new(layers.len(), 1000);
+    /// The payload of each inode is where it came from: (layer, entry index).
+    fn apply(layers: &[Vec<Entry>]) -> Result<Plan<(usize, u64)>, ConvertError> {
+        let mut m = Merger::new(1000);
         for (l, entries) in layers.iter().enumerate() {
             for (i, e) in entries.iter().enumerate() {
                 let e = Entry {
@@ -434,25 +420,24 @@ mod tests {
                     xattrs: e.xattrs.clone(),
                     ..*e
                 };
-                m.add(l, i as u64, e)?;
+                m.add(l, e, (l, i as u64))?;
             }
         }
         Ok(m.plan())
     }
 
     /// All final names with (layer, index) of their content; hard links as "=first".
-    fn listing(p: &Plan) -> Vec<String> {
+    fn listing(p: &Plan<(usize, u64)>) -> Vec<String> {
         let mut out: Vec<String> = p
             .dirs
             .iter()
             .map(|(d, _)| format!("{}/", lossy(d)))
             .collect();
-        for (l, layer) in p.emits.iter().enumerate() {
-            for (i, e) in layer {
-                out.push(format!("{} @{l}.{i}", lossy(&e.names[0])));
-                for n in &e.names[1..] {
-                    out.push(format!("{} ={}", lossy(n), lossy(&e.names[0])));
-                }
+        for (names, info) in &p.inodes {
+            let (layer, index) = info.data;
+            out.push(format!("{} @{layer}.{index}", lossy(&names[0])));
+            for n in &names[1..] {
+                out.push(format!("{} ={}", lossy(n), lossy(&names[0])));
             }
         }
         out.sort();
@@ -581,11 +566,11 @@ mod tests {
         ])
         .expect("merge");
         assert_eq!(listing(&p), vec!["c @1.1"]);
-        let mut m = Merger::new(1, 2);
-        m.add(0, 0, file("a")).expect("1");
-        m.add(0, 1, file("b")).expect("2");
+        let mut m = Merger::new(2);
+        m.add(0, file("a"), (0, 0)).expect("1");
+        m.add(0, file("b"), (0, 1)).expect("2");
         assert!(matches!(
-            m.add(0, 2, file("c")),
+            m.add(0, file("c"), (0, 2)),
             Err(ConvertError::TooLarge { .. })
         ));
     }

@@ -7,10 +7,10 @@
 //! uncompressed bytes. Paths are normalized and checked here, so that nothing
 //! downstream sees `..`, an absolute path or an over-long name.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 
+use super::error::ConvertError;
 use super::layer::read_error;
-use super::ConvertError;
 
 pub(crate) const BLOCK: usize = 512;
 /// Largest PAX extended header or GNU long name/link we read (as Go's archive/tar).
@@ -426,28 +426,21 @@ impl<R: Read> TarReader<R> {
         parse_pax(data).map_err(|reason| self.invalid(format!("bad PAX header: {reason}")))
     }
 
-    /// Copies the current entry's data to `out` (exactly `size` bytes).
-    /// Errors of `out` are returned as [`ConvertError::Io`] with `out_context`.
-    pub fn copy_data(
-        &mut self,
-        out: &mut dyn Write,
-        out_context: &str,
-    ) -> Result<(), ConvertError> {
-        let mut buf = self.take_buf();
-        while self.remaining > 0 {
-            // Bounded by the buffer length, so the cast cannot truncate.
-            let want = self.remaining.min(buf.len() as u64) as usize;
-            let k = self.read_some(&mut buf[..want])?;
+    /// Fills `buf` with the current entry's next data bytes (an error if the
+    /// entry has fewer left or the stream ends).
+    pub fn read_data(&mut self, buf: &mut [u8]) -> Result<(), ConvertError> {
+        if buf.len() as u64 > self.remaining {
+            return Err(self.invalid("internal: read past the end of a file entry"));
+        }
+        let mut n = 0;
+        while n < buf.len() {
+            let k = self.read_some(&mut buf[n..])?;
             if k == 0 {
                 return Err(self.invalid("the tar stream is truncated inside a file"));
             }
-            out.write_all(&buf[..k]).map_err(|e| ConvertError::Io {
-                context: out_context.to_string(),
-                source: e,
-            })?;
-            self.remaining -= k as u64;
+            n += k;
         }
-        self.buf = buf;
+        self.remaining -= n as u64;
         Ok(())
     }
 }
@@ -647,7 +640,22 @@ fn parse_pax(data: &[u8]) -> Result<Pax, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::convert::tar_write::pax_record;
+
+    /// One PAX record: `<len> <key>=<value>\n`, the length counting itself.
+    fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
+        let base = key.len() + value.len() + 3;
+        let mut len = base + 1;
+        while base + len.to_string().len() != len {
+            len = base + len.to_string().len();
+        }
+        let mut r = len.to_string().into_bytes();
+        r.push(b' ');
+        r.extend_from_slice(key);
+        r.push(b'=');
+        r.extend_from_slice(value);
+        r.push(b'\n');
+        r
+    }
 
     #[test]
     fn normalize_paths() {

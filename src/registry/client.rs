@@ -8,11 +8,12 @@ use super::hosts::Endpoint;
 use super::manifest::{self, ImageManifest, Manifest, Platform, DOCKER_CONFIG, OCI_CONFIG};
 use super::reference::validate_digest;
 use super::{
-    Credentials, Descriptor, PullLimits, Pulled, Reference, RegistryConfig, RegistryError,
+    Credentials, Descriptor, Feed, Progress, PullLimits, Pulled, Reference, RegistryConfig,
+    RegistryError,
 };
 use futures_util::{StreamExt, TryStreamExt};
 use reqwest::header::{
-    HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+    HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RANGE, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use reqwest::{RequestBuilder, Response, StatusCode};
 use sha2::{Digest, Sha256, Sha512};
@@ -65,6 +66,13 @@ pub struct Resolved {
     /// Which of the servers (mirrors first) answered.
     pub server: String,
     endpoint: usize,
+}
+
+impl Resolved {
+    /// Which server answered (an index into the hosts configuration's list).
+    pub fn endpoint(&self) -> usize {
+        self.endpoint
+    }
 }
 
 fn bad(msg: String) -> RegistryError {
@@ -146,6 +154,8 @@ static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 enum GetKind {
     Manifest,
     Blob,
+    /// A blob from this byte on.
+    BlobFrom(u64),
 }
 
 /// How a download attempt failed: the body broke off (worth another try) or not.
@@ -357,10 +367,14 @@ impl Client {
             let authz = self.auth.get(ep, repo, creds);
             let make = || {
                 let mut rb = http.get(&url);
-                if kind == GetKind::Manifest {
-                    rb = rb
-                        .header(ACCEPT, manifest::MANIFEST_ACCEPT)
-                        .timeout(self.limits.request_timeout);
+                match kind {
+                    GetKind::Manifest => {
+                        rb = rb
+                            .header(ACCEPT, manifest::MANIFEST_ACCEPT)
+                            .timeout(self.limits.request_timeout);
+                    }
+                    GetKind::BlobFrom(n) => rb = rb.header(RANGE, format!("bytes={n}-")),
+                    GetKind::Blob => {}
                 }
                 if let Some(h) = &authz {
                     rb = rb.header(AUTHORIZATION, h);
@@ -747,14 +761,16 @@ impl Client {
         dir: &Path,
         max: u64,
     ) -> Result<PathBuf, RegistryError> {
-        self.each_server(reference, |_, ep| async move {
-            self.blob_from(&ep, reference, creds, desc, dir, max).await
-        })
-        .await
+        self.download(0, reference, creds, desc, dir, max, None)
+            .await
     }
 
-    /// Like `fetch_blob`, but the server `first` first.
-    async fn blob_prefer(
+    /// Downloads a blob to `dir/<alg>-<hex>`, from the server `first` first
+    /// (then the others). A body cut short is resumed where it stopped (a
+    /// Range request; from the same or the next server). With `watch`, the
+    /// feed sees the bytes as they land and the progress counts them.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn download(
         &self,
         first: usize,
         reference: &Reference,
@@ -762,7 +778,71 @@ impl Client {
         desc: &Descriptor,
         dir: &Path,
         max: u64,
+        watch: Option<(&Feed, &Progress, usize)>,
     ) -> Result<PathBuf, RegistryError> {
+        let r = self
+            .download_inner(first, reference, creds, desc, dir, max, watch)
+            .await;
+        if let Some((feed, progress, i)) = watch {
+            match &r {
+                Ok(_) => {
+                    progress.blob_done(i);
+                    feed.finish(Ok(()));
+                }
+                Err(e) => feed.finish(Err(e.to_string())),
+            }
+        }
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn download_inner(
+        &self,
+        first: usize,
+        reference: &Reference,
+        creds: Option<&Credentials>,
+        desc: &Descriptor,
+        dir: &Path,
+        max: u64,
+        watch: Option<(&Feed, &Progress, usize)>,
+    ) -> Result<PathBuf, RegistryError> {
+        let (alg, hex) = validate_digest(&desc.digest)
+            .map_err(|why| bad(format!("blob {}: {why}", desc.digest)))?;
+        if desc.size > max {
+            return Err(RegistryError::TooLarge(format!(
+                "blob {} of {}: {} bytes, over the limit of {max}",
+                desc.digest,
+                reference.name(),
+                desc.size
+            )));
+        }
+        let dest = dir.join(format!("{alg}-{hex}"));
+        if watch.is_none() && self.already_have(&dest, desc).await {
+            tracing::debug!(path = %dest.display(), "blob already downloaded");
+            return Ok(dest);
+        }
+        let tmp = dir.join(format!(
+            ".{alg}-{hex}.{}-{}.part",
+            std::process::id(),
+            TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut guard = TempFile(Some(tmp.clone()));
+        let file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| RegistryError::io(format!("create {}", tmp.display()), e))?;
+        if let Some((feed, _, _)) = watch {
+            let reader = std::fs::File::open(&tmp)
+                .map_err(|e| RegistryError::io(format!("open {}", tmp.display()), e))?;
+            feed.set_file(reader);
+        }
+        let mut dl = Download {
+            tmp: &tmp,
+            file,
+            written: 0,
+            buf: Vec::with_capacity(WRITE_BUF),
+            hasher: Hasher::for_digest(&desc.digest),
+            watch,
+        };
         let eps = self.cfg.endpoints(reference)?;
         let mut order: Vec<&Endpoint> = eps.get(first).into_iter().collect();
         order.extend(
@@ -774,8 +854,14 @@ impl Client {
         let mut last = None;
         let n = order.len();
         for (k, ep) in order.into_iter().enumerate() {
-            match self.blob_from(ep, reference, creds, desc, dir, max).await {
-                Ok(p) => return Ok(p),
+            match self
+                .blob_from(ep, reference, creds, desc, max, &mut dl)
+                .await
+            {
+                Ok(()) => {
+                    last = None;
+                    break;
+                }
                 Err(e) if e.try_next_server() && k + 1 < n => {
                     tracing::warn!(server = %ep.host, error = %e, "blob download failed, trying the next server");
                     last = Some(e);
@@ -783,58 +869,8 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
-        Err(last.unwrap_or_else(|| RegistryError::Config(format!("no server for {reference}"))))
-    }
-
-    async fn blob_from(
-        &self,
-        ep: &Endpoint,
-        reference: &Reference,
-        creds: Option<&Credentials>,
-        desc: &Descriptor,
-        dir: &Path,
-        max: u64,
-    ) -> Result<PathBuf, RegistryError> {
-        let what = format!(
-            "blob {} of {} from {}",
-            desc.digest,
-            reference.name(),
-            ep.host
-        );
-        let (alg, hex) =
-            validate_digest(&desc.digest).map_err(|why| bad(format!("{what}: {why}")))?;
-        if desc.size > max {
-            return Err(RegistryError::TooLarge(format!(
-                "{what}: {} bytes, over the limit of {max}",
-                desc.size
-            )));
-        }
-        let dest = dir.join(format!("{alg}-{hex}"));
-        if self.already_have(&dest, desc).await {
-            tracing::debug!(path = %dest.display(), "blob already downloaded");
-            return Ok(dest);
-        }
-        let tmp = dir.join(format!(
-            ".{alg}-{hex}.{}-{}.part",
-            std::process::id(),
-            TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let mut guard = TempFile(Some(tmp.clone()));
-        let path = format!("/{}/blobs/{}", reference.repository, desc.digest);
-        let mut failures = 0;
-        loop {
-            let resp = self
-                .get(ep, reference, &path, GetKind::Blob, creds, &what)
-                .await?;
-            match self.stream_to(resp, &tmp, desc, max, &what).await {
-                Ok(()) => break,
-                Err(Attempt::Fatal(e)) => return Err(e),
-                Err(Attempt::Body(m)) if failures < self.limits.retries => {
-                    self.backoff(failures, None, &what, &m).await;
-                    failures += 1;
-                }
-                Err(Attempt::Body(m)) => return Err(RegistryError::Unavailable(m)),
-            }
+        if let Some(e) = last {
+            return Err(e);
         }
         tokio::fs::rename(&tmp, &dest).await.map_err(|e| {
             RegistryError::io(format!("rename {} to {}", tmp.display(), dest.display()), e)
@@ -844,14 +880,87 @@ impl Client {
         Ok(dest)
     }
 
+    async fn blob_from(
+        &self,
+        ep: &Endpoint,
+        reference: &Reference,
+        creds: Option<&Credentials>,
+        desc: &Descriptor,
+        max: u64,
+        dl: &mut Download<'_>,
+    ) -> Result<(), RegistryError> {
+        let what = format!(
+            "blob {} of {} from {}",
+            desc.digest,
+            reference.name(),
+            ep.host
+        );
+        let path = format!("/{}/blobs/{}", reference.repository, desc.digest);
+        let mut failures = 0;
+        loop {
+            let from = dl.written;
+            let resp = self
+                .get_range(ep, reference, &path, from, creds, &what)
+                .await?;
+            if let Some((_, p, _)) = dl.watch {
+                p.touch();
+            }
+            match self.stream_to(resp, desc, max, &what, dl).await {
+                Ok(()) => break,
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Body(m)) if failures < self.limits.retries => {
+                    dl.flush().await?;
+                    self.backoff(failures, None, &what, &m).await;
+                    failures += 1;
+                }
+                Err(Attempt::Body(m)) => {
+                    dl.flush().await?;
+                    return Err(RegistryError::Unavailable(m));
+                }
+            }
+        }
+        let got = std::mem::replace(&mut dl.hasher, Hasher::for_digest(&desc.digest)).finish();
+        if got != desc.digest {
+            return Err(bad(format!("{what}: digest mismatch: got {got}")));
+        }
+        Ok(())
+    }
+
+    /// A blob GET from byte `from` on (a Range request when not 0).
+    async fn get_range(
+        &self,
+        ep: &Endpoint,
+        reference: &Reference,
+        path: &str,
+        from: u64,
+        creds: Option<&Credentials>,
+        what: &str,
+    ) -> Result<Response, RegistryError> {
+        let kind = if from == 0 {
+            GetKind::Blob
+        } else {
+            GetKind::BlobFrom(from)
+        };
+        self.get(ep, reference, path, kind, creds, what).await
+    }
+
     async fn stream_to(
         &self,
         mut resp: Response,
-        tmp: &Path,
         desc: &Descriptor,
         max: u64,
         what: &str,
+        dl: &mut Download<'_>,
     ) -> Result<(), Attempt> {
+        // A server that ignores the Range header sends everything again: skip
+        // what we have (the digest, over the file, still decides).
+        let partial = resp.status() == StatusCode::PARTIAL_CONTENT;
+        let mut skip = if partial { 0 } else { dl.written };
+        let expect = if partial {
+            desc.size.saturating_sub(dl.written)
+        } else {
+            desc.size
+        };
         if let Some(n) = resp.content_length() {
             if n > max {
                 return Err(RegistryError::TooLarge(format!(
@@ -859,7 +968,7 @@ impl Client {
                 ))
                 .into());
             }
-            if n != desc.size {
+            if n != expect {
                 return Err(bad(format!(
                     "{what}: {n} bytes served, the manifest says {}",
                     desc.size
@@ -867,49 +976,47 @@ impl Client {
                 .into());
             }
         }
-        let file = tokio::fs::File::create(tmp)
-            .await
-            .map_err(|e| RegistryError::io(format!("create {}", tmp.display()), e))?;
-        let mut out = tokio::io::BufWriter::with_capacity(1 << 18, file);
-        let mut hasher = Hasher::for_digest(&desc.digest);
-        let mut written: u64 = 0;
         loop {
             let chunk = match resp.chunk().await {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
                 Err(e) => return Err(Attempt::Body(format!("{what}: {}", chain(&e)))),
             };
-            written += chunk.len() as u64;
-            if written > max {
+            if let Some((_, p, i)) = dl.watch {
+                p.got(i, chunk.len() as u64);
+            }
+            let mut c = &chunk[..];
+            if skip > 0 {
+                let k = skip.min(c.len() as u64) as usize;
+                skip -= k as u64;
+                c = &c[k..];
+            }
+            let total = dl.written + dl.buf.len() as u64 + c.len() as u64;
+            if total > max {
                 return Err(RegistryError::TooLarge(format!(
                     "{what}: over the limit of {max} bytes"
                 ))
                 .into());
             }
-            if written > desc.size {
+            if total > desc.size {
                 return Err(bad(format!(
                     "{what}: longer than the {} bytes the manifest says",
                     desc.size
                 ))
                 .into());
             }
-            hasher.update(&chunk);
-            out.write_all(&chunk)
-                .await
-                .map_err(|e| RegistryError::io(format!("write {}", tmp.display()), e))?;
+            dl.hasher.update(c);
+            dl.buf.extend_from_slice(c);
+            if dl.buf.len() >= WRITE_BUF {
+                dl.flush().await?;
+            }
         }
-        out.flush()
-            .await
-            .map_err(|e| RegistryError::io(format!("write {}", tmp.display()), e))?;
-        if written != desc.size {
+        dl.flush().await?;
+        if dl.written != desc.size {
             return Err(Attempt::Body(format!(
-                "{what}: {written} bytes, the manifest says {}",
-                desc.size
+                "{what}: {} bytes, the manifest says {}",
+                dl.written, desc.size
             )));
-        }
-        let got = hasher.finish();
-        if got != desc.digest {
-            return Err(bad(format!("{what}: digest mismatch: got {got}")).into());
         }
         Ok(())
     }
@@ -943,18 +1050,9 @@ impl Client {
         }
     }
 
-    /// Pulls an image: its manifest for this platform, config and layers,
-    /// into `dir` (created if missing).
-    pub async fn pull(
-        &self,
-        reference: &Reference,
-        creds: Option<&Credentials>,
-        dir: &Path,
-    ) -> Result<Pulled, RegistryError> {
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(|e| RegistryError::io(format!("create {}", dir.display()), e))?;
-        let r = self.resolve(reference, creds).await?;
+    /// Checks what [`Self::resolve`] found before anything is downloaded: a
+    /// container image whose config and layers are within the limits.
+    pub fn check_image(&self, reference: &Reference, r: &Resolved) -> Result<u64, RegistryError> {
         let m = &r.manifest;
         let what = format!("{reference} ({})", r.image_digest);
         if m.config.media_type != OCI_CONFIG && m.config.media_type != DOCKER_CONFIG {
@@ -985,30 +1083,44 @@ impl Client {
                 self.limits.max_total_size
             )));
         }
-        tracing::info!(reference = %reference, digest = %r.digest, server = %r.server, layers = m.layers.len(), bytes = total, "pulling image");
+        Ok(total)
+    }
 
+    pub fn limits(&self) -> &PullLimits {
+        &self.limits
+    }
+
+    /// Pulls an image: its manifest for this platform, config and layers,
+    /// into `dir` (created if missing).
+    pub async fn pull(
+        &self,
+        reference: &Reference,
+        creds: Option<&Credentials>,
+        dir: &Path,
+    ) -> Result<Pulled, RegistryError> {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| RegistryError::io(format!("create {}", dir.display()), e))?;
+        let r = self.resolve(reference, creds).await?;
+        let total = self.check_image(reference, &r)?;
+        let m = &r.manifest;
+        let what = format!("{reference} ({})", r.image_digest);
+        tracing::info!(reference = %reference, digest = %r.digest, server = %r.server, layers = m.layers.len(), bytes = total, "pulling image");
         let cfg_path = self
-            .blob_prefer(
+            .download(
                 r.endpoint,
                 reference,
                 creds,
                 &m.config,
                 dir,
                 self.limits.max_config_size,
+                None,
             )
             .await?;
         let config = tokio::fs::read(&cfg_path)
             .await
             .map_err(|e| RegistryError::io(format!("read {}", cfg_path.display()), e))?;
-        match serde_json::from_slice::<serde_json::Value>(&config) {
-            Ok(v) if v.is_object() => {}
-            Ok(_) => {
-                return Err(bad(format!(
-                    "{what}: the image config is not a JSON object"
-                )))
-            }
-            Err(e) => return Err(bad(format!("{what}: the image config is not JSON: {e}"))),
-        }
+        check_config(&what, &config)?;
 
         // Owned descriptors: a closure over borrowed ones makes the future not Send.
         let mut unique: Vec<Descriptor> = Vec::new();
@@ -1021,7 +1133,7 @@ impl Client {
         let max = self.limits.max_layer_size;
         let files: HashMap<String, PathBuf> = futures_util::stream::iter(unique)
             .map(|d: Descriptor| async move {
-                self.blob_prefer(first, reference, creds, &d, dir, max)
+                self.download(first, reference, creds, &d, dir, max, None)
                     .await
                     .map(|p| (d.digest, p))
             })
@@ -1045,5 +1157,48 @@ impl Client {
             config,
             layers,
         })
+    }
+}
+
+/// Checks that an image config is a JSON object.
+pub fn check_config(what: &str, config: &[u8]) -> Result<(), RegistryError> {
+    match serde_json::from_slice::<serde_json::Value>(config) {
+        Ok(v) if v.is_object() => Ok(()),
+        Ok(_) => Err(bad(format!(
+            "{what}: the image config is not a JSON object"
+        ))),
+        Err(e) => Err(bad(format!("{what}: the image config is not JSON: {e}"))),
+    }
+}
+
+/// A blob download in progress: survives retries and server changes.
+struct Download<'a> {
+    tmp: &'a Path,
+    file: tokio::fs::File,
+    /// Bytes in the file.
+    written: u64,
+    /// Accepted (hashed) bytes not in the file yet.
+    buf: Vec<u8>,
+    hasher: Hasher,
+    watch: Option<(&'a Feed, &'a Progress, usize)>,
+}
+
+/// Bytes collected before each write (and before the feed hears of them).
+const WRITE_BUF: usize = 256 << 10;
+
+impl Download<'_> {
+    async fn flush(&mut self) -> Result<(), RegistryError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let io = |e| RegistryError::io(format!("write {}", self.tmp.display()), e);
+        self.file.write_all(&self.buf).await.map_err(io)?;
+        self.file.flush().await.map_err(io)?;
+        self.written += self.buf.len() as u64;
+        self.buf.clear();
+        if let Some((feed, _, _)) = self.watch {
+            feed.grew(self.written);
+        }
+        Ok(())
     }
 }

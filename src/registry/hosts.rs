@@ -11,6 +11,10 @@
 //!
 //! [registry.hosts."mirror.example.com"]
 //! skip_verify = true     # https without certificate verification
+//!
+//! [registry.hosts."registry.k8s.io"]
+//! mirrors = ["http://10.0.0.5:5000"]
+//! mirrors_only = true    # never ask registry.k8s.io itself (air-gapped nodes)
 //! ```
 
 use super::reference::{Reference, DOCKER_HUB, DOCKER_HUB_API};
@@ -38,6 +42,9 @@ pub struct HostConfig {
     pub insecure: Option<bool>,
     /// https without verifying the server's certificate.
     pub skip_verify: bool,
+    /// Pull from the mirrors only: the registry itself is never contacted
+    /// (an image the mirrors lack is not found, at once).
+    pub mirrors_only: bool,
 }
 
 /// One server to try.
@@ -92,6 +99,11 @@ impl RegistryConfig {
             }
             for m in &h.mirrors {
                 self.mirror(m)?;
+            }
+            if h.mirrors_only && h.mirrors.is_empty() {
+                return Err(bad_config(format!(
+                    "registry.hosts key {host:?}: mirrors_only without mirrors"
+                )));
             }
         }
         Ok(())
@@ -166,6 +178,9 @@ impl RegistryConfig {
         if let Some(h) = cfg {
             for m in &h.mirrors {
                 out.push(self.mirror(m)?);
+            }
+            if h.mirrors_only && !out.is_empty() {
+                return Ok(out);
             }
         }
         let api = reference.api_host();

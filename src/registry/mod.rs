@@ -11,8 +11,10 @@
 
 mod auth;
 mod client;
+mod feed;
 mod hosts;
 mod manifest;
+mod progress;
 mod reference;
 
 #[cfg(test)]
@@ -21,12 +23,14 @@ mod tests;
 mod testserver;
 
 pub use auth::{parse_challenges, Challenge, Credentials};
-pub use client::{Client, FetchedManifest, Resolved};
+pub use client::{check_config, Client, FetchedManifest, Resolved};
+pub use feed::{Feed, FeedGuard, FeedReader};
 pub use hosts::{is_loopback, Endpoint, HostConfig, RegistryConfig};
 pub use manifest::{
     Descriptor, ImageManifest, Index, Manifest, Platform, DOCKER_CONFIG, DOCKER_LIST,
     DOCKER_MANIFEST, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST,
 };
+pub use progress::Progress;
 pub use reference::{validate_digest, Reference, DOCKER_HUB, DOCKER_HUB_API};
 
 use std::path::{Path, PathBuf};
@@ -63,6 +67,9 @@ pub enum RegistryError {
     /// Cannot connect, timeouts, 5xx and 429 after the retries.
     #[error("{0}")]
     Unavailable(String),
+    /// Nothing received for `image_pull_progress_timeout`.
+    #[error("{0}")]
+    Stalled(String),
     /// Local file errors.
     #[error("{context}: {source}")]
     Io {
@@ -93,7 +100,30 @@ impl RegistryError {
             RegistryError::BadResponse(_) => Code::Unknown,
             RegistryError::TooLarge(_) => Code::ResourceExhausted,
             RegistryError::Unavailable(_) => Code::Unavailable,
+            RegistryError::Stalled(_) => Code::DeadlineExceeded,
             RegistryError::Io { .. } => Code::Internal,
+        }
+    }
+
+    /// A copy for each of the callers that share one pull (I/O errors keep
+    /// their kind and message).
+    pub fn duplicate(&self) -> RegistryError {
+        use RegistryError as E;
+        match self {
+            E::InvalidReference(m) => E::InvalidReference(m.clone()),
+            E::InvalidCredentials(m) => E::InvalidCredentials(m.clone()),
+            E::Config(m) => E::Config(m.clone()),
+            E::NotFound(m) => E::NotFound(m.clone()),
+            E::Unauthenticated(m) => E::Unauthenticated(m.clone()),
+            E::PermissionDenied(m) => E::PermissionDenied(m.clone()),
+            E::BadResponse(m) => E::BadResponse(m.clone()),
+            E::TooLarge(m) => E::TooLarge(m.clone()),
+            E::Unavailable(m) => E::Unavailable(m.clone()),
+            E::Stalled(m) => E::Stalled(m.clone()),
+            E::Io { context, source } => E::Io {
+                context: context.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
         }
     }
 

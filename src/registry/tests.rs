@@ -751,6 +751,121 @@ async fn mirrors_first_then_upstream() {
     assert!(matches!(e, Err(RegistryError::NotFound(_))), "{e:?}");
 }
 
+/// `mirrors_only`: a reference the mirror lacks fails at once with the
+/// mirror's NotFound, and the registry itself is never asked (without it, the
+/// same pull does ask the registry: the check can fail).
+#[tokio::test]
+async fn mirrors_only_never_contacts_the_registry() {
+    let img = image("mo", &[b"only on upstream"]);
+    let mut c = Content::new();
+    add_image(&mut c, "team/app", Some("v1"), &img);
+    let upstream = registry(c).await;
+    let mirror = registry(Content::new()).await;
+    let r = reference(&format!("{}/team/app:v1", upstream.host()));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = mirrored(&upstream.host(), vec![format!("http://{}", mirror.host())]);
+    if let Some(h) = cfg.hosts.get_mut(&upstream.host()) {
+        h.mirrors_only = true;
+    }
+    let t = std::time::Instant::now();
+    let e = pull(&r, None, &cfg, dir.path(), &fast()).await;
+    assert!(matches!(e, Err(RegistryError::NotFound(_))), "{e:?}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(!mirror.requests().is_empty());
+    assert!(upstream.requests().is_empty(), "{:?}", upstream.requests());
+    assert_eq!(cfg.endpoints(&r).expect("endpoints").len(), 1);
+
+    // Without it the registry serves what the mirror lacks.
+    let cfg = mirrored(&upstream.host(), vec![format!("http://{}", mirror.host())]);
+    pull(&r, None, &cfg, dir.path(), &fast())
+        .await
+        .expect("from upstream");
+    assert!(!upstream.requests().is_empty());
+
+    // mirrors_only needs mirrors.
+    let bad = RegistryConfig {
+        hosts: [(
+            "docker.io".to_string(),
+            HostConfig {
+                mirrors_only: true,
+                ..HostConfig::default()
+            },
+        )]
+        .into(),
+    };
+    assert!(matches!(bad.validate(), Err(RegistryError::Config(_))));
+}
+
+/// A blob whose body is cut short is resumed with a Range request from where
+/// it stopped, and the feed's reader sees the whole blob once it is verified.
+#[tokio::test]
+async fn cut_blob_resumes_with_a_range_request() {
+    let layer: Vec<u8> = (0..600_000u32).map(|i| (i * 7 / 3) as u8).collect();
+    let img = image("cut", &[&layer]);
+    let mut c = Content::new();
+    add_image(&mut c, "team/cut", Some("v1"), &img);
+    let blob_path = format!("/v2/team/cut/blobs/{}", sha(&layer));
+    let cuts = Arc::new(AtomicUsize::new(0));
+    let (c2, cuts2, bp) = (c.clone(), cuts.clone(), blob_path.clone());
+    let srv = TestServer::start(move |req| {
+        if req.path() == bp {
+            let from = req
+                .header("range")
+                .and_then(|r| r.strip_prefix("bytes="))
+                .and_then(|r| r.strip_suffix('-'))
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(0);
+            let body = &c2[&bp].1;
+            if from == 0 {
+                // Announce everything, send a third: the client sees a short body.
+                cuts2.fetch_add(1, Ordering::SeqCst);
+                return Resp::new(200)
+                    .body("application/octet-stream", body[..200_000].to_vec())
+                    .header("Content-Length", &body.len().to_string());
+            }
+            return Resp::new(206).body("application/octet-stream", body[from..].to_vec());
+        }
+        serve_content(&c2, req)
+    })
+    .await;
+    let r = reference(&format!("{}/team/cut:v1", srv.host()));
+    let cfg = RegistryConfig::default();
+    let client = Client::new(&cfg, &fast()).expect("client");
+    let resolved = client.resolve(&r, None).await.expect("resolve");
+    let desc = resolved.manifest.layers[0].clone();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let feed = Feed::new();
+    let progress = Progress::new("cut");
+    let i = progress.add_blob(&desc.digest, desc.size);
+    let mut reader = feed.reader();
+    let read = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut reader, &mut v).map(|_| v)
+    });
+    let path = client
+        .download(
+            0,
+            &r,
+            None,
+            &desc,
+            dir.path(),
+            1 << 30,
+            Some((&feed, &progress, i)),
+        )
+        .await
+        .expect("download");
+    assert_eq!(std::fs::read(&path).expect("file"), layer);
+    assert_eq!(read.join().expect("join").expect("read"), layer);
+    assert_eq!(cuts.load(Ordering::SeqCst), 1);
+    let ranges: Vec<String> = srv
+        .requests()
+        .iter()
+        .filter(|q| q.path() == blob_path)
+        .filter_map(|q| q.header("range").map(str::to_string))
+        .collect();
+    assert_eq!(ranges, vec!["bytes=200000-".to_string()]);
+}
+
 /// Pushes a tiny image to Debian's `docker-registry` and pulls it back.
 #[tokio::test]
 async fn docker_registry_round_trip() {

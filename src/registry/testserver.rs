@@ -206,10 +206,15 @@ async fn serve(
     for (n, v) in &resp.headers {
         out.push_str(&format!("{n}: {v}\r\n"));
     }
-    out.push_str(&format!(
-        "Content-Length: {}\r\nConnection: close\r\n\r\n",
-        resp.body.len()
-    ));
+    // A handler may announce another length (a body cut short).
+    if !resp
+        .headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+    {
+        out.push_str(&format!("Content-Length: {}\r\n", resp.body.len()));
+    }
+    out.push_str("Connection: close\r\n\r\n");
     sock.write_all(out.as_bytes()).await?;
     if req.method != "HEAD" {
         sock.write_all(&resp.body).await?;

@@ -28,6 +28,7 @@ use crate::config::Config;
 use crate::engine::{Engine, Reaper};
 use crate::error::{Error, Result};
 use crate::images::ImageStore;
+use crate::pull::Puller;
 use crate::store::container::Container;
 use crate::store::pod::Pod;
 use crate::store::{record, NameIndex, Store};
@@ -40,7 +41,7 @@ pub struct Runtime {
     state_dir: PathBuf,
     run_dir: PathBuf,
     images: Arc<ImageStore>,
-    puller: pull::Puller,
+    puller: Puller,
     pods: Store<Pod>,
     containers: Store<Container>,
     /// CRI names of pods and containers, each unique.
@@ -76,7 +77,7 @@ impl Runtime {
                 .map_err(|e| Error::io(format!("create {}", d.display()), e))?;
         }
         let images = Arc::new(ImageStore::open(&cfg.storage_dir, &run_dir)?);
-        let puller = pull::Puller::new(&cfg)?;
+        let puller = Puller::new(&cfg)?;
         let cni = Cni::new(cfg.cni_conf_dir.clone(), cfg.cni_bin_dirs.clone());
         let rt = Arc::new(Runtime {
             cfg,

@@ -785,6 +785,8 @@ pub enum Reply {
     Raw(Vec<u8>),
     /// A 200 announcing `body`'s length that sends `first` bytes of it and then stalls.
     Stall(String, Vec<u8>, usize),
+    /// A 200 that sends `body` in pieces of `chunk` bytes, one every `every_ms`.
+    Drip(String, Vec<u8>, usize, u64),
 }
 
 pub type Routes = Arc<Mutex<HashMap<String, Reply>>>;
@@ -795,6 +797,8 @@ pub struct TinyServer {
     pub routes: Routes,
     /// Paths asked for, in order.
     pub requests: Arc<Mutex<Vec<String>>>,
+    /// Paths whose answer the client stopped reading (the connection closed).
+    pub aborted: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -806,12 +810,13 @@ impl TinyServer {
         let port = listener.local_addr().expect("addr").port();
         let routes: Routes = Arc::default();
         let requests: Arc<Mutex<Vec<String>>> = Arc::default();
-        let (r2, q2) = (routes.clone(), requests.clone());
+        let aborted: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (r2, q2, a2) = (routes.clone(), requests.clone(), aborted.clone());
         let task = tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
-                let (routes, requests) = (r2.clone(), q2.clone());
+                let (routes, requests, aborted) = (r2.clone(), q2.clone(), a2.clone());
                 tokio::spawn(async move {
-                    let _ = serve_one(conn, routes, requests).await;
+                    let _ = serve_one(conn, routes, requests, aborted).await;
                 });
             }
         });
@@ -819,6 +824,7 @@ impl TinyServer {
             port,
             routes,
             requests,
+            aborted,
             task,
         }
     }
@@ -868,6 +874,7 @@ async fn serve_one(
     mut conn: tokio::net::TcpStream,
     routes: Routes,
     requests: Arc<Mutex<Vec<String>>>,
+    aborted: Arc<Mutex<Vec<String>>>,
 ) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
@@ -915,6 +922,23 @@ async fn serve_one(
             conn.write_all(&body[..first.min(body.len())]).await?;
             conn.flush().await?;
             tokio::time::sleep(Duration::from_secs(120)).await;
+        }
+        Reply::Drip(ct, body, chunk, every_ms) => {
+            let sent = async {
+                conn.write_all(head(200, &ct, body.len()).as_bytes())
+                    .await?;
+                for piece in body.chunks(chunk.max(1)) {
+                    conn.write_all(piece).await?;
+                    conn.flush().await?;
+                    tokio::time::sleep(Duration::from_millis(every_ms)).await;
+                }
+                Ok::<_, std::io::Error>(())
+            }
+            .await;
+            if sent.is_err() {
+                aborted.lock().expect("aborted").push(path.clone());
+                return Ok(());
+            }
         }
     }
     conn.flush().await?;
