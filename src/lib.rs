@@ -6,8 +6,9 @@
 //!   state), `streaming`, `images`, `cni`, `registry`, `convert`;
 //! - `sycri_native`, the engine crate.
 //!
-//! `server` wires them together; `config`, `error`, `proto`, `util`, `fdio`,
-//! `seccomp` and `userdb` are leaves used across the layers.
+//! `server` wires them together (`transport`: its socket's connections);
+//! `config`, `error`, `proto`, `util`, `fdio`, `seccomp` and `userdb` are
+//! leaves used across the layers.
 
 pub mod cli;
 pub mod cni;
@@ -25,5 +26,6 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod streaming;
+pub mod transport;
 pub mod userdb;
 pub mod util;
