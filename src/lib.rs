@@ -6,8 +6,9 @@
 //!   state), `streaming`, `images`, `pull`, `cni`, `registry`, `convert`;
 //! - `sycri_native`, the engine crate.
 //!
-//! `server` wires them together; `config`, `error`, `proto`, `util`, `fdio`,
-//! `seccomp` and `userdb` are leaves used across the layers.
+//! `server` wires them together (`transport`: its socket's connections);
+//! `config`, `error`, `proto`, `util`, `fdio`, `seccomp` and `userdb` are
+//! leaves used across the layers.
 
 pub mod cli;
 pub mod cni;
@@ -26,5 +27,6 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod streaming;
+pub mod transport;
 pub mod userdb;
 pub mod util;

@@ -37,6 +37,12 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Largest gRPC message accepted or sent (as kubelet's 16 MiB).
 const MAX_MESSAGE: usize = 16 << 20;
 
+/// The HTTP/2 SETTINGS_MAX_FRAME_SIZE the server advertises (the protocol's
+/// default and minimum). The connections' reader (`transport`) refuses larger
+/// frames from clients and re-frames header blocks to it, so it is set here
+/// explicitly rather than left to hyper's default.
+const MAX_FRAME: u32 = 16 << 10;
+
 pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let socket = cfg.socket_path()?;
     // Chosen before the reaper starts: the probe waits for its own child.
@@ -74,7 +80,17 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660));
     tracing::info!(socket = %socket.display(), "sycri serving the CRI");
 
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    // h2 resets every request whose `:authority` is not a valid URI
+    // authority, and clients on a unix socket often send the socket's path
+    // (grpcio percent-encoded, grpc-java raw). No setting of h2, hyper or
+    // tonic relaxes that check, so each connection is read through
+    // `LenientAuthority`, which re-encodes the client's header blocks with
+    // such an authority replaced by `localhost` before h2 sees them (the
+    // module says why at that depth and what is bounded).
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::UnixListenerStream::new(listener),
+        |conn| conn.map(|io| crate::transport::LenientAuthority::new(io, MAX_FRAME)),
+    );
     // When a stop signal comes, tonic stops accepting and waits for open
     // connections; a client that keeps its connection must not hold the server
     // for ever: after a grace period it stops regardless.
@@ -95,6 +111,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         let _ = stopping_tx.send(());
     };
     let server = tonic::transport::Server::builder()
+        .max_frame_size(MAX_FRAME)
         .add_service(
             RuntimeServiceServer::new(RuntimeService::new(rt.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)
