@@ -10,6 +10,7 @@ use crate::proto::cri;
 use crate::store::container::{Container, ContainerMeta, State};
 use crate::store::pod::{Pod, PodMeta};
 use std::sync::Arc;
+use sycri_native::cgroup::Resources;
 use sycri_native::util::now_ns;
 
 /// One container's usage, read at `timestamp`.
@@ -24,6 +25,39 @@ pub struct PodUsage {
     pub pod: Arc<Pod>,
     pub containers: Vec<ContainerUsage>,
     pub timestamp: i64,
+}
+
+/// The limits in force after an update: a field the update leaves zero or
+/// empty keeps its value, as it does in the cgroup files (the engine writes
+/// only what is set).
+fn merged(old: &Resources, new: &Resources) -> Resources {
+    let pick = |n: i64, o: i64| if n != 0 { n } else { o };
+    let pick_s = |n: &String, o: &String| if n.is_empty() { o.clone() } else { n.clone() };
+    let mut hugepages = old.hugepage_limits.clone();
+    for (size, limit) in &new.hugepage_limits {
+        match hugepages.iter_mut().find(|(s, _)| s == size) {
+            Some(h) => h.1 = *limit,
+            None => hugepages.push((size.clone(), *limit)),
+        }
+    }
+    let mut unified = old.unified.clone();
+    unified.extend(new.unified.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Resources {
+        cpu_period: pick(new.cpu_period, old.cpu_period),
+        cpu_quota: pick(new.cpu_quota, old.cpu_quota),
+        cpu_shares: pick(new.cpu_shares, old.cpu_shares),
+        memory_limit_in_bytes: pick(new.memory_limit_in_bytes, old.memory_limit_in_bytes),
+        memory_swap_limit_in_bytes: pick(
+            new.memory_swap_limit_in_bytes,
+            old.memory_swap_limit_in_bytes,
+        ),
+        cpuset_cpus: pick_s(&new.cpuset_cpus, &old.cpuset_cpus),
+        cpuset_mems: pick_s(&new.cpuset_mems, &old.cpuset_mems),
+        hugepage_limits: hugepages,
+        unified,
+        // Not a cgroup setting: the process's own, reported as last given.
+        oom_score_adj: new.oom_score_adj,
+    }
 }
 
 impl Runtime {
@@ -45,9 +79,9 @@ impl Runtime {
                 c.meta.id
             )));
         }
-        let wanted = limits(&linux);
-        self.engine.set_limits(&c.meta.cgroups, &wanted).await?;
-        c.update(|s| s.resources = wanted)?;
+        let given = limits(&linux);
+        self.engine.set_limits(&c.meta.cgroups, &given).await?;
+        c.update(|s| s.resources = merged(&s.resources, &given))?;
         tracing::info!(container = %c.meta.id, "container resources updated");
         Ok(())
     }
@@ -103,5 +137,41 @@ impl Runtime {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_update_keeps_what_it_does_not_set() {
+        let old = Resources {
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            memory_limit_in_bytes: 64 << 20,
+            cpuset_cpus: "0".into(),
+            hugepage_limits: vec![("2MB".into(), 0)],
+            unified: [("memory.high".to_string(), "1".to_string())].into(),
+            ..Default::default()
+        };
+        let update = Resources {
+            memory_limit_in_bytes: 128 << 20,
+            hugepage_limits: vec![("1GB".into(), 0)],
+            unified: [("pids.max".to_string(), "10".to_string())].into(),
+            ..Default::default()
+        };
+        let m = merged(&old, &update);
+        assert_eq!(m.memory_limit_in_bytes, 128 << 20);
+        assert_eq!((m.cpu_period, m.cpu_quota), (100_000, 50_000));
+        assert_eq!(m.cpuset_cpus, "0");
+        assert_eq!(m.hugepage_limits.len(), 2);
+        assert_eq!(m.unified.len(), 2);
+        // No quota (-1) is a value, not "unset".
+        let unlimited = Resources {
+            cpu_quota: -1,
+            ..Default::default()
+        };
+        assert_eq!(merged(&old, &unlimited).cpu_quota, -1);
     }
 }
