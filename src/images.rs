@@ -435,6 +435,20 @@ impl ImageStore {
         Ok(Some(rec))
     }
 
+    /// The directories where images' root filesystems are (or were)
+    /// mounted, by the image's hex id: also those of images no longer stored.
+    pub fn mount_dirs(&self) -> Vec<(String, PathBuf)> {
+        let mut v = Vec::new();
+        if let Ok(rd) = fs::read_dir(&self.mounts) {
+            for e in rd.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    v.push((e.file_name().to_string_lossy().into_owned(), e.path()));
+                }
+            }
+        }
+        v
+    }
+
     /// Bytes and inodes used by the store.
     pub fn usage(&self) -> (u64, u64) {
         let mut bytes = 0;

@@ -54,7 +54,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         crate::service::CGROUP_PARENT,
     ));
     let streaming = crate::streaming::bind(&cfg.stream_address).await?;
-    let rt = Runtime::open(cfg, engine, reaper, Some(streaming.registry()))?;
+    let rt = Runtime::open(cfg, engine, reaper, Some(streaming.registry())).await?;
     streaming.serve(rt.clone());
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(|source| ServeError::Listen {

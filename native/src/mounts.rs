@@ -184,9 +184,14 @@ pub fn mountinfo() -> Result<Vec<MountEntry>, MountError> {
     )?))
 }
 
-/// Whether something is mounted exactly on `path`.
+/// Whether something is mounted exactly on `path`. mountinfo names mount
+/// points by their real path, so `path` is resolved first (a run directory
+/// under /var/run is mounted on as /run).
 pub fn is_mounted(path: &Path) -> Result<bool, MountError> {
-    Ok(mountinfo()?.iter().any(|m| m.mount_point == path))
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    Ok(mountinfo()?
+        .iter()
+        .any(|m| m.mount_point == real || m.mount_point == path))
 }
 
 /// Every mount point at or below `prefix`, deepest first (the order to unmount in).

@@ -44,6 +44,10 @@ struct State {
     sandboxes: BTreeSet<PathBuf>,
     /// Delay for `start`, to hold a start in progress.
     start_delay: Option<Duration>,
+    /// Methods whose next call never returns (a server killed there).
+    hold: HashSet<&'static str>,
+    /// Processes by the helper spec file they run on.
+    helpers: HashMap<PathBuf, Vec<i32>>,
 }
 
 pub struct FakeEngine {
@@ -79,6 +83,25 @@ impl FakeEngine {
             return Err(Error::Internal(format!("fake failure of {method}")));
         }
         Ok(())
+    }
+
+    /// Never returns when the test holds `method`: the call has done its
+    /// work, and its caller never hears of it (as when the server is killed
+    /// right then).
+    async fn after(&self, method: &'static str) {
+        if self.lock().hold.remove(method) {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Makes the next call of `method` do its work and then never return.
+    pub fn hold(&self, method: &'static str) {
+        self.lock().hold.insert(method);
+    }
+
+    /// Whether `method` has been called.
+    pub fn called(&self, method: &str) -> bool {
+        self.methods().iter().any(|m| m == method)
     }
 
     fn new_pid(s: &mut State) -> i32 {
@@ -165,6 +188,51 @@ impl FakeEngine {
         }
     }
 
+    fn spawn_fake_monitor(&self, spec: &ContainerSpec, spec_file: &Path) -> Spawned {
+        let mut s = self.lock();
+        let monitor = FakeEngine::new_pid(&mut s);
+        let init = FakeEngine::new_pid(&mut s);
+        s.helpers
+            .entry(spec_file.to_path_buf())
+            .or_default()
+            .extend([monitor, init]);
+        s.containers.insert(
+            init,
+            FakeContainer {
+                monitor,
+                exit_file: spec.exit_file.clone(),
+                control_socket: spec.control_socket.clone(),
+                cgroup: spec.cgroup.clone(),
+                ignores_term: spec.process.args.first().map(String::as_str) == Some("ignore-term"),
+                started: false,
+            },
+        );
+        Spawned {
+            monitor: FakeEngine::proc(monitor),
+            init: FakeEngine::proc(init),
+        }
+    }
+
+    async fn start_fake(&self, control_socket: &Path) -> Result<()> {
+        let delay = self.lock().start_delay;
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        let mut s = self.lock();
+        let c = s
+            .containers
+            .values_mut()
+            .find(|c| c.control_socket == control_socket)
+            .ok_or_else(|| Error::FailedPrecondition("no such monitor".into()))?;
+        if c.started {
+            return Err(Error::FailedPrecondition(
+                "container was already started".into(),
+            ));
+        }
+        c.started = true;
+        Ok(())
+    }
+
     /// Kills the first process of the container in `cgroup`, if it lives.
     fn kill_in(&self, cgroup: &Path) {
         let mut s = self.lock();
@@ -184,13 +252,20 @@ impl FakeEngine {
 
 #[async_trait::async_trait]
 impl Engine for FakeEngine {
-    async fn run_sandbox(&self, spec: &SandboxSpec, _spec_file: &Path) -> Result<Option<ProcId>> {
+    async fn run_sandbox(&self, spec: &SandboxSpec, spec_file: &Path) -> Result<Option<ProcId>> {
         self.enter("run_sandbox", spec.ns_dir.display())?;
-        let mut s = self.lock();
-        s.sandboxes.insert(spec.ns_dir.clone());
-        Ok(spec
-            .share_pid
-            .then(|| FakeEngine::proc(FakeEngine::new_pid(&mut s))))
+        let init = {
+            let mut s = self.lock();
+            s.sandboxes.insert(spec.ns_dir.clone());
+            let init = spec.share_pid.then(|| FakeEngine::new_pid(&mut s));
+            s.helpers
+                .entry(spec_file.to_path_buf())
+                .or_default()
+                .extend(init);
+            init
+        };
+        self.after("run_sandbox").await;
+        Ok(init.map(FakeEngine::proc))
     }
 
     async fn apply_sysctls(&self, spec: &SandboxSpec, _spec_file: &Path) -> Result<()> {
@@ -200,6 +275,7 @@ impl Engine for FakeEngine {
     async fn mount_shm(&self, dir: &Path, _size: u64) -> Result<()> {
         self.enter("mount_shm", dir.display())?;
         self.lock().mounts.insert(dir.to_path_buf());
+        self.after("mount_shm").await;
         Ok(())
     }
 
@@ -210,16 +286,18 @@ impl Engine for FakeEngine {
         init: Option<ProcId>,
     ) -> Result<()> {
         self.enter("release_sandbox", ns_dir.display())?;
-        let mut s = self.lock();
-        if let Some(p) = init {
-            s.alive.remove(&p.pid);
+        {
+            let mut s = self.lock();
+            if let Some(p) = init {
+                s.alive.remove(&p.pid);
+            }
+            s.sandboxes.remove(ns_dir);
+            if let Some(shm) = shm {
+                s.mounts.remove(shm);
+            }
         }
-        s.sandboxes.remove(ns_dir);
-        if let Some(shm) = shm {
-            s.mounts.remove(shm);
-        }
-        drop(s);
         self.exits.send_modify(|n| *n += 1);
+        self.after("release_sandbox").await;
         Ok(())
     }
 
@@ -227,6 +305,7 @@ impl Engine for FakeEngine {
         self.enter("mount_image", target.display())?;
         std::fs::create_dir_all(target).map_err(|e| Error::io("create mount point", e))?;
         self.lock().mounts.insert(target.to_path_buf());
+        self.after("mount_image").await;
         Ok(())
     }
 
@@ -251,6 +330,7 @@ impl Engine for FakeEngine {
         let dir = cg.v2.clone().unwrap_or_default();
         self.enter("create_cgroups", dir.display())?;
         self.lock().cgroups.insert(dir);
+        self.after("create_cgroups").await;
         Ok(())
     }
 
@@ -271,6 +351,7 @@ impl Engine for FakeEngine {
         // As the real one: what is left in them is killed first.
         self.kill_in(&dir);
         self.lock().cgroups.remove(&dir);
+        self.after("remove_cgroups").await;
         Ok(())
     }
 
@@ -278,47 +359,18 @@ impl Engine for FakeEngine {
         Usage::default()
     }
 
-    async fn spawn_monitor(&self, spec: &ContainerSpec, _spec_file: &Path) -> Result<Spawned> {
+    async fn spawn_monitor(&self, spec: &ContainerSpec, spec_file: &Path) -> Result<Spawned> {
         self.enter("spawn_monitor", &spec.id)?;
-        let mut s = self.lock();
-        let monitor = FakeEngine::new_pid(&mut s);
-        let init = FakeEngine::new_pid(&mut s);
-        s.containers.insert(
-            init,
-            FakeContainer {
-                monitor,
-                exit_file: spec.exit_file.clone(),
-                control_socket: spec.control_socket.clone(),
-                cgroup: spec.cgroup.clone(),
-                ignores_term: spec.process.args.first().map(String::as_str) == Some("ignore-term"),
-                started: false,
-            },
-        );
-        Ok(Spawned {
-            monitor: FakeEngine::proc(monitor),
-            init: FakeEngine::proc(init),
-        })
+        let spawned = self.spawn_fake_monitor(spec, spec_file);
+        self.after("spawn_monitor").await;
+        Ok(spawned)
     }
 
     async fn start(&self, control_socket: &Path) -> Result<()> {
         self.enter("start", control_socket.display())?;
-        let delay = self.lock().start_delay;
-        if let Some(d) = delay {
-            tokio::time::sleep(d).await;
-        }
-        let mut s = self.lock();
-        let c = s
-            .containers
-            .values_mut()
-            .find(|c| c.control_socket == control_socket)
-            .ok_or_else(|| Error::FailedPrecondition("no such monitor".into()))?;
-        if c.started {
-            return Err(Error::FailedPrecondition(
-                "container was already started".into(),
-            ));
-        }
-        c.started = true;
-        Ok(())
+        let out = self.start_fake(control_socket).await;
+        self.after("start").await;
+        out
     }
 
     async fn reopen_log(&self, control_socket: &Path) -> Result<()> {
@@ -390,5 +442,21 @@ impl Engine for FakeEngine {
                 return;
             }
         }
+    }
+
+    async fn kill_helpers(&self, spec_file: &Path) -> usize {
+        let mut s = self.lock();
+        s.calls
+            .push(format!("kill_helpers {}", spec_file.display()));
+        let pids = s.helpers.remove(spec_file).unwrap_or_default();
+        let mut n = 0;
+        for p in pids {
+            if s.alive.remove(&p) {
+                n += 1;
+            }
+        }
+        drop(s);
+        self.exits.send_modify(|n| *n += 1);
+        n
     }
 }

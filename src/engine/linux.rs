@@ -226,7 +226,20 @@ impl Engine for LinuxEngine {
     async fn unmount(&self, target: &Path) -> Result<()> {
         let target = target.to_path_buf();
         blocking(move || {
-            sycri_native::mounts::unmount(&target).map_err(|e| Error::Internal(e.to_string()))
+            // Everything mounted there, also mounts stacked by older servers.
+            for _ in 0..64 {
+                let mounted = sycri_native::mounts::is_mounted(&target)
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+                if !mounted {
+                    return Ok(());
+                }
+                sycri_native::mounts::unmount(&target)
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+            }
+            Err(Error::Internal(format!(
+                "{} is still mounted after 64 unmounts",
+                target.display()
+            )))
         })
         .await
     }
@@ -450,5 +463,29 @@ impl Engine for LinuxEngine {
         if let Some(h) = PidFd::open(p) {
             h.wait().await;
         }
+    }
+
+    async fn kill_helpers(&self, spec_file: &Path) -> usize {
+        let spec = spec_file.to_path_buf();
+        let found = blocking(move || Ok(process::helpers_on(&spec)))
+            .await
+            .unwrap_or_default();
+        let mut killed = Vec::new();
+        for id in found {
+            // Checked again through the pidfd: that process, still a helper
+            // on this spec, and nobody who took its number since the scan.
+            let Some(p) = PidFd::open(id) else { continue };
+            if process::runs_helper_on(&process::cmdline(id.pid), spec_file)
+                && p.signal(libc::SIGKILL)
+            {
+                tracing::info!(pid = id.pid, spec = %spec_file.display(), "killed a helper a crash left behind");
+                killed.push(p);
+            }
+        }
+        let n = killed.len();
+        for p in killed {
+            let _ = tokio::time::timeout(Duration::from_secs(2), p.wait()).await;
+        }
+        n
     }
 }

@@ -166,4 +166,8 @@ pub trait Engine: Send + Sync + 'static {
     fn signal(&self, p: ProcId, sig: i32) -> bool;
     /// Resolves once `p` has ended (at once when it is not there).
     async fn wait_gone(&self, p: ProcId);
+    /// Kills every helper process running on `spec_file` (a monitor and the
+    /// container's first process it forked, a sandbox helper and its pod
+    /// init), for what a crash left before their pids were recorded; how many.
+    async fn kill_helpers(&self, spec_file: &Path) -> usize;
 }

@@ -136,6 +136,51 @@ impl PidFd {
     }
 }
 
+/// A process's arguments (/proc/pid/cmdline), empty when it is gone.
+pub fn cmdline(pid: i32) -> Vec<Vec<u8>> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|a| !a.is_empty())
+                .map(<[u8]>::to_vec)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether `args` run one of the engine's helpers on `spec_file`
+/// (`<engine> __monitor <spec_file>`, `__sandbox`, `__exec`).
+pub fn runs_helper_on(args: &[Vec<u8>], spec_file: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let helper = |a: &[u8]| {
+        [
+            sycri_native::MONITOR_ARG,
+            sycri_native::SANDBOX_ARG,
+            sycri_native::EXEC_ARG,
+        ]
+        .iter()
+        .any(|m| m.as_bytes() == a)
+    };
+    matches!(args, [_, mode, spec, ..] if helper(mode) && spec.as_slice() == spec_file.as_os_str().as_bytes())
+}
+
+/// The processes running a helper on `spec_file`.
+pub fn helpers_on(spec_file: &std::path::Path) -> Vec<ProcId> {
+    let mut found = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if runs_helper_on(&cmdline(pid), spec_file) {
+            found.push(ProcId::of(pid));
+        }
+    }
+    found
+}
+
 /// Whether `id` is alive and still the process it was.
 pub fn alive(id: ProcId) -> bool {
     PidFd::open(id).is_some_and(|p| !p.exited() && !is_zombie(id.pid))
@@ -355,6 +400,44 @@ mod tests {
         };
         assert!(PidFd::open(other).is_none());
         assert!(!alive(other));
+    }
+
+    #[test]
+    fn helpers_are_known_by_their_spec_file() {
+        let a = |v: &[&str]| v.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>();
+        let spec = std::path::Path::new("/var/lib/s/state/containers/c1/spec.json");
+        assert!(runs_helper_on(
+            &a(&[
+                "/usr/local/bin/sycri-engine",
+                "__monitor",
+                "/var/lib/s/state/containers/c1/spec.json"
+            ]),
+            spec
+        ));
+        assert!(runs_helper_on(
+            &a(&[
+                "sycri",
+                "__sandbox",
+                "/var/lib/s/state/containers/c1/spec.json"
+            ]),
+            spec
+        ));
+        assert!(!runs_helper_on(
+            &a(&[
+                "sycri-engine",
+                "__monitor",
+                "/var/lib/s/state/containers/c2/spec.json"
+            ]),
+            spec
+        ));
+        assert!(!runs_helper_on(
+            &a(&["cat", "/var/lib/s/state/containers/c1/spec.json"]),
+            spec
+        ));
+        assert!(!runs_helper_on(&a(&["sycri-engine", "__monitor"]), spec));
+        // Our own test process runs no helper.
+        assert!(!runs_helper_on(&cmdline(std::process::id() as i32), spec));
+        assert!(helpers_on(spec).is_empty());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::Runtime;
 use crate::error::{Error, Result};
 use crate::images::ImageRecord;
 use crate::proto::cri;
-use crate::store::container::{Container, ContainerMeta, State, Status};
+use crate::store::container::{self, Container, ContainerMeta, ContainerRecord, State, Status};
 use crate::store::pod::Pod;
 use crate::store::record;
 use crate::util::random_hex;
@@ -79,6 +79,11 @@ impl Runtime {
             self.engine.prepare_cgroup_parent(&parent).await?;
         }
         self.names.reserve(&plan.name_key, &plan.id)?;
+        if let Err(e) = self.write_intent(&pod, &plan) {
+            self.names.release(&plan.name_key, &plan.id);
+            let _ = record::remove_dir(&self.container_state_dir(&plan.id));
+            return Err(e);
+        }
         let (id, name_key, cgroups, image_id) = (
             plan.id.clone(),
             plan.name_key.clone(),
@@ -164,6 +169,30 @@ impl Runtime {
         })
     }
 
+    /// Writes the intent before anything is made: a record marked `creating`
+    /// that names what will be made (the cgroups, the directories), so that a
+    /// server killed half way finds and undoes it (`recover.rs`).
+    fn write_intent(&self, pod: &Pod, p: &Plan) -> Result<()> {
+        let state = self.container_state_dir(&p.id);
+        std::fs::create_dir_all(&state)
+            .map_err(|e| Error::io(format!("create {}", state.display()), e))?;
+        record::save_config(&state, &p.config)?;
+        let intent = ContainerRecord {
+            id: p.id.clone(),
+            pod_id: pod.meta.id.clone(),
+            name_key: p.name_key.clone(),
+            image_id: p.image.id.clone(),
+            image_ref: spec::image_name(&p.config)?,
+            created_at_ns: now_ns(),
+            control_socket: self.container_run_dir(&p.id).join("ctl.sock"),
+            cgroup: p.cgroups.v2.clone(),
+            cgroups_v1: p.cgroups.v1.clone(),
+            creating: true,
+            ..ContainerRecord::default()
+        };
+        record::save(&state, container::RECORD, &intent)
+    }
+
     /// The running first process of container `id` (a pid namespace TARGET).
     fn running_pid(&self, id: &str) -> Result<i32> {
         let c = self
@@ -190,10 +219,9 @@ impl Runtime {
         let env = spec::environment(img_cfg, &p.config, &pod.meta.hostname);
         let state = self.container_state_dir(&p.id);
         let run = self.container_run_dir(&p.id);
-        for d in [&state, &run.join("rootfs")] {
-            std::fs::create_dir_all(d)
-                .map_err(|e| Error::io(format!("create {}", d.display()), e))?;
-        }
+        let rootfs_mountpoint = run.join("rootfs");
+        std::fs::create_dir_all(&rootfs_mountpoint)
+            .map_err(|e| Error::io(format!("create {}", rootfs_mountpoint.display()), e))?;
         // The cgroups and their limits exist before any process of the
         // container does.
         self.engine.create_cgroups(&p.cgroups, &p.limits).await?;
@@ -233,7 +261,6 @@ impl Runtime {
             cgroups_v1: p.cgroups.v1.iter().map(|(_, d)| d.clone()).collect(),
             exit_file: state.join("exit.json"),
         };
-        record::save_config(&state, &p.config)?;
         let spawned = self
             .engine
             .spawn_monitor(&container_spec, &state.join("spec.json"))
@@ -262,6 +289,7 @@ impl Runtime {
                 lost: false,
                 resources: p.limits,
                 start_error: None,
+                starting_at_ns: None,
             },
         );
         if let Err(e) = c.save() {
@@ -362,12 +390,19 @@ impl Runtime {
                 )))
             }
         }
+        // The intent first: a server killed after the monitor started the
+        // container, before the answer was recorded, asks again (recover.rs).
         let started = now_ns();
+        c.update(|s| s.starting_at_ns = Some(started))?;
         if let Err(e) = self.engine.start(&c.meta.control_socket).await {
-            let _ = c.update(|s| s.start_error = Some(e.to_string()));
+            let _ = c.update(|s| {
+                s.starting_at_ns = None;
+                s.start_error = Some(e.to_string());
+            });
             return Err(e);
         }
         c.update(|s| {
+            s.starting_at_ns = None;
             s.started_at_ns = Some(started);
             if s.state == State::Created {
                 s.state = State::Running;

@@ -11,6 +11,7 @@ mod network;
 mod pod_spec;
 mod pods;
 mod pull;
+mod recover;
 mod resources;
 mod stream;
 #[cfg(test)]
@@ -31,7 +32,7 @@ use crate::images::ImageStore;
 use crate::pull::Puller;
 use crate::store::container::Container;
 use crate::store::pod::Pod;
-use crate::store::{record, NameIndex, Store};
+use crate::store::{NameIndex, Store};
 use crate::streaming::Streaming;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -58,25 +59,33 @@ pub struct Runtime {
 
 impl Runtime {
     /// Opens the stores, finds every pod, container and image left on disk,
-    /// and watches the containers that still run.
-    pub fn open(
+    /// finishes or undoes what a crash left half done (see `recover.rs`), and
+    /// watches the containers that still run.
+    pub async fn open(
         cfg: Config,
         engine: Arc<dyn Engine>,
         reaper: Reaper,
         streaming: Option<Arc<Streaming>>,
     ) -> Result<Arc<Runtime>> {
-        let state_dir = cfg.state_dir();
-        let run_dir = cfg.run_dir.clone();
+        let (state_dir, run_dir) = (cfg.state_dir(), cfg.run_dir.clone());
         for d in [
             state_dir.join("pods"),
             state_dir.join("containers"),
             run_dir.join("pods"),
             run_dir.join("c"),
+            cfg.storage_dir.clone(),
         ] {
             std::fs::create_dir_all(&d)
                 .map_err(|e| Error::io(format!("create {}", d.display()), e))?;
         }
-        let images = Arc::new(ImageStore::open(&cfg.storage_dir, &run_dir)?);
+        // Real paths: the kernel names mount points by them (a run directory
+        // under /var/run is /run/...), and the mounts made here must be found
+        // again by what they are called.
+        let real = |p: &Path| {
+            std::fs::canonicalize(p).map_err(|e| Error::io(format!("resolve {}", p.display()), e))
+        };
+        let (state_dir, run_dir) = (real(&state_dir)?, real(&run_dir)?);
+        let images = Arc::new(ImageStore::open(&real(&cfg.storage_dir)?, &run_dir)?);
         let puller = Puller::new(&cfg)?;
         let cni = Cni::new(cfg.cni_conf_dir.clone(), cfg.cni_bin_dirs.clone());
         let rt = Arc::new(Runtime {
@@ -94,40 +103,8 @@ impl Runtime {
             reaper,
             streaming,
         });
-        rt.recover()?;
+        rt.recover().await?;
         Ok(rt)
-    }
-
-    fn recover(self: &Arc<Self>) -> Result<()> {
-        for (id, dir) in record::list_dirs(&self.state_dir.join("pods")) {
-            match Pod::load(&dir) {
-                Ok(pod) => {
-                    self.names.reserve(&pod.meta.name_key, &id)?;
-                    self.pods.insert(Arc::new(pod));
-                }
-                Err(e) => tracing::warn!(pod = %id, error = %e, "skipping unreadable pod state"),
-            }
-        }
-        for (id, dir) in record::list_dirs(&self.state_dir.join("containers")) {
-            match Container::load(&dir) {
-                Ok(c) => {
-                    self.names.reserve(&c.meta.name_key, &id)?;
-                    let c = Arc::new(c);
-                    self.containers.insert(c.clone());
-                    self.watch(c);
-                }
-                Err(e) => {
-                    tracing::warn!(container = %id, error = %e, "skipping unreadable container state")
-                }
-            }
-        }
-        tracing::info!(
-            pods = self.pods.len(),
-            containers = self.containers.len(),
-            images = self.images.list().len(),
-            "recovered state"
-        );
-        Ok(())
     }
 
     pub fn config(&self) -> &Config {

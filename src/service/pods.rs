@@ -97,8 +97,13 @@ impl Runtime {
                 tracing::info!(pod = %id, name = %name_key, "pod ready");
                 Ok(id)
             }
-            Err(e) => {
-                self.names.release(&name_key, &id);
+            Err((e, kept)) => {
+                match kept {
+                    // Listed, not ready, still holding its name: its Stop or
+                    // Remove finishes what failed.
+                    Some(pod) => self.pods.insert(Arc::new(pod)),
+                    None => self.names.release(&name_key, &id),
+                }
                 Err(e)
             }
         }
@@ -110,7 +115,7 @@ impl Runtime {
         name_key: &str,
         config: cri::PodSandboxConfig,
         runtime_handler: &str,
-    ) -> Result<Pod> {
+    ) -> std::result::Result<Pod, (Error, Option<Pod>)> {
         let ns = ns_options(&config);
         let host_net = ns.network == cri::NamespaceMode::Node as i32;
         let host_ipc = ns.ipc == cri::NamespaceMode::Node as i32;
@@ -144,8 +149,12 @@ impl Runtime {
             dir: state.clone(),
         };
         let mut status = PodStatus::default();
+        // Until the pod is ready its record is an intent (`creating`): a
+        // server killed half way finds and undoes it (recover.rs).
         let save = |meta: &PodMeta, status: &PodStatus| {
-            record::save(&meta.dir, RECORD, &Pod::record_of(meta, status))
+            let mut rec = Pod::record_of(meta, status);
+            rec.creating = !status.ready;
+            record::save(&meta.dir, RECORD, &rec)
         };
         let made: Result<()> = async {
             std::fs::create_dir_all(&state).map_err(|e| Error::io("create pod state dir", e))?;
@@ -203,7 +212,16 @@ impl Runtime {
         .await;
         if let Err(e) = made {
             if let Err(te) = self.teardown_network(&state).await {
-                tracing::warn!(pod = %id, error = %te, "tearing down the network of a failed pod");
+                // Its attachment (IP lease, veth, port mappings) must not be
+                // forgotten: the pod stays, not ready, and its Stop or Remove
+                // retries the DEL.
+                tracing::warn!(pod = %id, error = %te, "the network of a failed pod could not be detached; it stays, not ready");
+                status.ready = false;
+                let pod = Pod::new(meta, status);
+                if let Err(se) = pod.save() {
+                    tracing::warn!(pod = %id, error = %se, "saving a failed pod");
+                }
+                return Err((e, Some(pod)));
             }
             if let Err(re) = self
                 .engine
@@ -214,7 +232,7 @@ impl Runtime {
             }
             let _ = record::remove_dir(&state);
             let _ = record::remove_dir(&run);
-            return Err(e);
+            return Err((e, None));
         }
         Ok(Pod::new(meta, status))
     }
@@ -262,6 +280,12 @@ impl Runtime {
         };
         let id = pod.meta.id.clone();
         let _op = pod.exclusive_op().await;
+        if self.pods.find(&id).is_none() {
+            // Removed by another RemovePodSandbox while we waited.
+            return Ok(());
+        }
+        // The intent: a server killed half way finishes the removal.
+        pod.update(|s| s.removing = true)?;
         for cid in self.containers_of(&id) {
             self.remove_container(&cid).await?;
         }

@@ -59,6 +59,7 @@ impl Env {
             Reaper::default(),
             None,
         )
+        .await
         .expect("open");
         let image = sif.to_string_lossy().into_owned();
         rt.pull_image(&image, None).await.expect("pull");
@@ -71,13 +72,14 @@ impl Env {
     }
 
     /// A new server on the same directories and the same (fake) host.
-    fn restart(&mut self) {
+    async fn restart(&mut self) {
         self.rt = Runtime::open(
             Env::config(self.dir.path()),
             self.engine.clone(),
             Reaper::default(),
             None,
         )
+        .await
         .expect("reopen");
     }
 
@@ -559,7 +561,7 @@ async fn a_restarted_server_finds_containers_and_the_exits_it_missed() {
         .monitor
         .expect("monitor")
         .pid;
-    env.restart();
+    env.restart().await;
     // While no server ran: one container exited, one lost its monitor.
     env.engine.exit(gone_pid, 7, None);
     env.engine.exit(lost_monitor, 0, None);
@@ -589,5 +591,161 @@ async fn a_restarted_server_finds_containers_and_the_exits_it_missed() {
     env.rt.stop_container(&runs, 5).await.expect("stop");
     assert_eq!(env.state(&runs), State::Exited);
     env.rt.remove_pod(&pod).await.expect("remove pod");
+    env.assert_empty();
+}
+
+/// Runs `op` until the fake engine has done `step`, then drops it there, as
+/// a kill -9 of the server would, and starts a new server on what is left.
+async fn kill_during<F>(env: &mut Env, step: &'static str, op: F)
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send,
+{
+    env.engine.hold(step);
+    let task = tokio::spawn(op);
+    for _ in 0..1000 {
+        if env.engine.called(step) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(env.engine.called(step), "{step} was never reached");
+    // Let the held call finish its work, then kill.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(
+        !task.is_finished(),
+        "{step}: the operation ended; it was not held"
+    );
+    task.abort();
+    let _ = task.await;
+    env.restart().await;
+}
+
+#[tokio::test]
+async fn a_server_killed_during_create_container_leaves_nothing_of_it() {
+    let Some(mut env) = Env::new("a_server_killed_during_create_container_leaves_nothing").await
+    else {
+        return;
+    };
+    let pod = env.pod("web").await;
+    let pod_procs = env.engine.live();
+    for step in ["mount_image", "create_cgroups", "spawn_monitor"] {
+        let (rt, req) = (
+            env.rt.clone(),
+            env.container_request(&pod, "app", &["sleep", "1"]),
+        );
+        kill_during(
+            &mut env,
+            step,
+            async move { rt.create_container(req).await },
+        )
+        .await;
+        assert!(
+            env.rt.list_containers().is_empty(),
+            "{step}: a container is listed"
+        );
+        assert!(
+            env.state_dirs("containers").is_empty(),
+            "{step}: state left"
+        );
+        assert!(env.engine.cgroups().is_empty(), "{step}: cgroups left");
+        assert_eq!(env.engine.live(), pod_procs, "{step}: processes left");
+        // The image no container uses is unmounted; the pod's shm stays.
+        assert_eq!(
+            env.engine.mounts().len(),
+            1,
+            "{step}: {:?}",
+            env.engine.mounts()
+        );
+        // The pod is still there and ready, and the name is free again.
+        assert_eq!(env.rt.list_pods().len(), 1);
+        let id = env.container(&pod, "app", &["sleep", "1"]).await;
+        env.rt.remove_container(&id).await.expect("remove");
+    }
+    env.rt.remove_pod(&pod).await.expect("remove pod");
+    env.assert_empty();
+}
+
+#[tokio::test]
+async fn a_server_killed_during_run_pod_leaves_nothing_of_it() {
+    let Some(mut env) = Env::new("a_server_killed_during_run_pod_leaves_nothing_of_it").await
+    else {
+        return;
+    };
+    for step in ["mount_shm", "run_sandbox"] {
+        let rt = env.rt.clone();
+        kill_during(&mut env, step, async move {
+            rt.run_pod(pod_request("web")).await
+        })
+        .await;
+        // The pod init the sandbox helper made, never recorded, is found by
+        // the spec file it runs on and ended.
+        env.assert_empty();
+        assert!(
+            env.engine
+                .calls()
+                .iter()
+                .any(|c| c.starts_with("kill_helpers")),
+            "{step}: no helper search"
+        );
+        let pod = env.pod("web").await;
+        env.rt.remove_pod(&pod).await.expect("remove pod");
+    }
+    env.assert_empty();
+}
+
+#[tokio::test]
+async fn a_start_cut_short_by_a_kill_is_finished_by_the_next_server() {
+    let Some(mut env) = Env::new("a_start_cut_short_by_a_kill_is_finished").await else {
+        return;
+    };
+    let pod = env.pod("web").await;
+    let id = env.container(&pod, "app", &["sleep", "1000"]).await;
+    let (rt, id2) = (env.rt.clone(), id.clone());
+    kill_during(
+        &mut env,
+        "start",
+        async move { rt.start_container(&id2).await },
+    )
+    .await;
+    // The monitor had started it: the new server asked again, heard
+    // "already started", and knows it runs.
+    assert_eq!(env.state(&id), State::Running);
+    assert!(env
+        .rt
+        .container_status(&id, false)
+        .expect("status")
+        .status
+        .started_at_ns
+        .is_some());
+    env.rt.stop_container(&id, 5).await.expect("stop");
+    env.rt.remove_pod(&pod).await.expect("remove pod");
+    env.assert_empty();
+}
+
+#[tokio::test]
+async fn removals_cut_short_by_a_kill_are_finished_by_the_next_server() {
+    let Some(mut env) = Env::new("removals_cut_short_by_a_kill_are_finished").await else {
+        return;
+    };
+    let pod = env.pod("web").await;
+    let id = env.container(&pod, "app", &["sleep", "1000"]).await;
+    env.rt.start_container(&id).await.expect("start");
+    let (rt, id2) = (env.rt.clone(), id.clone());
+    kill_during(&mut env, "remove_cgroups", async move {
+        rt.remove_container(&id2).await
+    })
+    .await;
+    assert!(env.rt.list_containers().is_empty());
+    assert!(env.state_dirs("containers").is_empty());
+    assert!(env.engine.cgroups().is_empty());
+    // The pod's removal, cut short after its namespaces went.
+    let id = env.container(&pod, "app", &["sleep", "1000"]).await;
+    env.rt.start_container(&id).await.expect("start");
+    let (rt, pod2) = (env.rt.clone(), pod.clone());
+    kill_during(&mut env, "release_sandbox", async move {
+        rt.remove_pod(&pod2).await
+    })
+    .await;
     env.assert_empty();
 }

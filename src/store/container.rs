@@ -62,6 +62,14 @@ pub struct ContainerRecord {
     /// RemoveContainer has begun: a restarted server finishes it.
     #[serde(default)]
     pub removing: bool,
+    /// CreateContainer has begun and not finished (the intent, written before
+    /// anything is made): a restarted server undoes what it finds of it.
+    #[serde(default)]
+    pub creating: bool,
+    /// StartContainer told the monitor to start at this time and has not
+    /// recorded the answer: a restarted server asks again.
+    #[serde(default)]
+    pub starting_at_ns: Option<i64>,
 }
 
 /// What never changes once the container exists.
@@ -107,6 +115,8 @@ pub struct Status {
     pub lost: bool,
     pub resources: Resources,
     pub start_error: Option<String>,
+    /// A start in progress: when it told the monitor (see the record's field).
+    pub starting_at_ns: Option<i64>,
 }
 
 impl Status {
@@ -181,6 +191,7 @@ impl Container {
                 lost: rec.lost,
                 resources: rec.resources,
                 start_error: rec.start_error,
+                starting_at_ns: rec.starting_at_ns,
             },
         )
     }
@@ -214,6 +225,8 @@ impl Container {
             resources: s.resources.clone(),
             start_error: s.start_error.clone(),
             removing: s.state == State::Removing,
+            creating: false,
+            starting_at_ns: s.starting_at_ns,
         }
     }
 
@@ -338,6 +351,7 @@ mod tests {
                 lost: false,
                 resources: Resources::default(),
                 start_error: None,
+                starting_at_ns: None,
             },
         )
     }

@@ -37,6 +37,13 @@ pub struct PodRecord {
     /// or its network is torn down.
     #[serde(default)]
     pub ips: Vec<IpAddr>,
+    /// RunPodSandbox has begun and not finished (written before anything is
+    /// made): a restarted server undoes what it finds of it.
+    #[serde(default)]
+    pub creating: bool,
+    /// RemovePodSandbox has begun: a restarted server finishes it.
+    #[serde(default)]
+    pub removing: bool,
 }
 
 /// What never changes once the pod exists.
@@ -81,6 +88,8 @@ impl PodMeta {
 pub struct PodStatus {
     pub ready: bool,
     pub ips: Vec<IpAddr>,
+    /// RemovePodSandbox has begun.
+    pub removing: bool,
 }
 
 pub struct Pod {
@@ -131,6 +140,7 @@ impl Pod {
             PodStatus {
                 ready: rec.ready,
                 ips: rec.ips,
+                removing: rec.removing,
             },
         )
     }
@@ -158,6 +168,8 @@ impl Pod {
             etc_dir: meta.etc_dir.clone(),
             runtime_handler: meta.runtime_handler.clone(),
             ips: s.ips.clone(),
+            creating: false,
+            removing: s.removing,
         }
     }
 

@@ -125,11 +125,18 @@ impl Server {
     /// Starts sycri on fresh directories with this config file (TOML); the
     /// flags the harness passes (socket, directories, CNI) override it.
     pub async fn start_with_config(toml: &str) -> Server {
+        Server::start_prepared(toml, |_| {}).await
+    }
+
+    /// As [`Server::start_with_config`], with `prepare` run on the fresh
+    /// directory first (to make its run directory a symlink, say).
+    pub async fn start_prepared(toml: &str, prepare: impl FnOnce(&Path)) -> Server {
         start_reaper();
         let dir = tempfile::Builder::new()
             .prefix("sy")
             .tempdir_in("/tmp")
             .expect("tempdir");
+        prepare(dir.path());
         std::fs::write(dir.path().join("sycri.toml"), toml).expect("write test config");
         let (child, rt, img) = spawn(dir.path()).await;
         Server {
