@@ -92,6 +92,10 @@ lap() { TIMES="${TIMES:+$TIMES, }$1 $(vm_elapsed "$2" "$(vm_now)") s"; }
 command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null ||
     skip_all "no apt-get/dpkg-deb: the kernels and qemu come from Debian's archive"
 
+VM_FIXTURES="${SYCRI_FIXTURES:-$REPO/../shared/fixtures/sif}"
+[ -f "$VM_FIXTURES/busybox_amd64.sif" ] ||
+    [ "$list" = 1 ] || skip_all "SIF fixtures not found at $VM_FIXTURES (set SYCRI_FIXTURES)"
+
 # The binaries under test.
 . "$REPO/scripts/setup.sh" >/dev/null
 t="$(vm_now)"
@@ -114,14 +118,21 @@ if [ "$list" = 1 ]; then
     exit 0
 fi
 
-VM_FIXTURES="${SYCRI_FIXTURES:-$REPO/../shared/fixtures/sif}"
-[ -f "$VM_FIXTURES/busybox_amd64.sif" ] ||
-    skip_all "SIF fixtures not found at $VM_FIXTURES (set SYCRI_FIXTURES)"
-
 t="$(vm_now)"
 mkdir -p "$VM_CACHE"
+# One run at a time per cache (a second waits): the cache is written in
+# place, and two TCG guests on two cores would only slow each other down.
+exec 9>"$VM_CACHE/.lock"
+if ! flock -n 9; then
+    vm_say "waiting for another vm-tests run to finish (lock $VM_CACHE/.lock)"
+    flock 9
+fi
 vm_qemu || skip_all "qemu cannot be had (neither installed nor downloadable from Debian's archive)"
-lap qemu "$t"
+qv="$("$VM_QEMU" --version 2>&1 | head -n 1)" || skip_all "qemu does not run here: $qv"
+vm_say "$qv"
+{ vm_package bookworm busybox-static && vm_package bookworm containernetworking-plugins; } >/dev/null ||
+    skip_all "busybox-static or containernetworking-plugins cannot be downloaded from Debian's archive"
+lap fetch "$t"
 
 VM_ACCEL="" VM_ACCEL_WHY=""
 for p in "${parts[@]}"; do
