@@ -4,10 +4,13 @@
 #   scripts/check-layers.py                       (modules depend one way)
 #   cargo build --workspace --all-targets, scripts/build-engine.sh
 #   cargo test --workspace --no-fail-fast [ARGS...]
+#   vm-tests/run.sh (the VM suite: clean Debian kernels, pure cgroup v2)
 # as root: the tests attach loop devices, mount and make namespaces.
 #
 # Usage: sudo scripts/test.sh [cargo test args, e.g. `-- walkthrough`]
+#        (with cargo test args the VM suite is SKIPPED: run vm-tests/run.sh)
 # Env:   SYCRI_SKIP_LINT=1       skip fmt and clippy
+#        SYCRI_SKIP_VM=1         skip the VM suite (it says SKIPPED)
 #        SYCRI_FIXTURES=DIR      SIF fixtures (default ../shared/fixtures/sif)
 #        SYCRI_TEST_TIMEOUT=DUR  limit for `cargo test` when CI is set (default 70m)
 set -euo pipefail
@@ -15,7 +18,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1; then
-        exec sudo --preserve-env=PATH,CARGO_HOME,RUSTUP_HOME,CARGO_TARGET_DIR,SYCRI_FIXTURES,SYCRI_SKIP_LINT,SYCRI_TEST_TIMEOUT,CI \
+        exec sudo --preserve-env=PATH,CARGO_HOME,RUSTUP_HOME,CARGO_TARGET_DIR,SYCRI_FIXTURES,SYCRI_SKIP_LINT,SYCRI_SKIP_VM,SYCRI_VM_CACHE,SYCRI_TEST_TIMEOUT,SYCRI_CI_T0,CI \
             bash "$PWD/scripts/test.sh" "$@"
     fi
     echo "test.sh: the tests need root (loop devices, mounts, namespaces)" >&2
@@ -62,7 +65,9 @@ echo "helpers run from $SYCRI_TEST_ENGINE"
 # cargo's own summaries ("test result: ...") go to stdout as usual; a copy is
 # kept to add them up at the end.
 log="$(mktemp /tmp/sycri-test.XXXXXX)"
-trap 'rm -f "$log"' EXIT
+vmlog="$(mktemp /tmp/sycri-vm.XXXXXX)"
+trap 'rm -f "$log" "$vmlog"' EXIT
+t_host=$SECONDS
 printf '\n==> cargo test --workspace --no-fail-fast %s\n' "$*"
 # Under CI (no terminal) a time limit keeps a hung test from using up the
 # job: it ends the whole process group of cargo and the test binaries.
@@ -76,14 +81,42 @@ if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
     echo "test.sh: cargo test ran out of time (${SYCRI_TEST_TIMEOUT:-70m})" >&2
 fi
 
-# Totals over every test binary and doc-test run.
+t_host=$((SECONDS - t_host))
+
+# The VM suite after the host's (even when that failed: both results count).
+t_vm=$SECONDS
+vm_rc=0
+if [ "$#" -gt 0 ]; then
+    echo "SKIPPED vm-tests: cargo test arguments were given (the VM suite runs alone: sudo vm-tests/run.sh)" | tee "$vmlog"
+    echo "vm-tests total: 0 passed, 0 failed, 1 skipped" >>"$vmlog"
+else
+    printf '\n==> vm-tests/run.sh\n'
+    set +e
+    bash vm-tests/run.sh </dev/null 2>&1 | tee "$vmlog"
+    vm_rc="${PIPESTATUS[0]}"
+    set -e
+fi
+t_vm=$((SECONDS - t_vm))
+
+# Totals over every test binary and doc-test run, and the VM suite's.
 read -r passed failed ignored < <(
     sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed; \([0-9]*\) ignored.*/\1 \2 \3/p' "$log" |
         awk '{p += $1; f += $2; i += $3} END {print p + 0, f + 0, i + 0}'
 )
+read -r vm_passed vm_failed vm_skipped < <(
+    sed -n 's/^vm-tests total: \([0-9]*\) passed, \([0-9]*\) failed, \([0-9]*\) skipped$/\1 \2 \3/p' "$vmlog" |
+        tail -n 1 | grep . || echo "0 1 0"
+)
 echo
-echo "total: $passed passed, $failed failed, $ignored skipped"
+echo "cargo test: $passed passed, $failed failed, $ignored skipped (${t_host} s)"
+echo "vm-tests: $vm_passed passed, $vm_failed failed, $vm_skipped skipped (${t_vm} s)"
+[ -n "${SYCRI_CI_T0:-}" ] && echo "wall time of .ci/run: $(($(date +%s) - SYCRI_CI_T0)) s"
+echo "total: $((passed + vm_passed)) passed, $((failed + vm_failed)) failed, $((ignored + vm_skipped)) skipped"
 if [ "$rc" -ne 0 ]; then
     echo "test.sh: cargo test failed (exit $rc)" >&2
     exit "$rc"
+fi
+if [ "$vm_rc" -ne 0 ] || [ "$vm_failed" -ne 0 ]; then
+    echo "test.sh: the VM suite failed (exit $vm_rc)" >&2
+    exit 1
 fi
