@@ -28,8 +28,12 @@ fn write_replacing(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    // One temp file per call: two threads writing the same file must not
+    // share one (the second rename would find it gone).
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(
-        ".{}.tmp{}",
+        ".{}.tmp{}.{seq}",
         name.to_string_lossy(),
         std::process::id()
     ));
@@ -116,6 +120,29 @@ pub fn redirect_to_devnull(fds: &[std::os::fd::RawFd]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn threads_may_replace_one_file_at_once() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("record.json");
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    for i in 0..200 {
+                        write_atomic(&p, format!("{t} {i}").as_bytes()).expect("write");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("join");
+        }
+        let last = std::fs::read_to_string(&p).expect("read");
+        assert!(last.ends_with(" 199"), "{last}");
+        // No temp file is left.
+        assert_eq!(std::fs::read_dir(d.path()).expect("dir").count(), 1);
+    }
 
     #[test]
     fn formats_known_instants() {

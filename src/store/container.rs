@@ -129,6 +129,9 @@ impl Status {
 pub struct Container {
     pub meta: ContainerMeta,
     status: Mutex<Status>,
+    /// Held while a change is written, so that records reach the disk in the
+    /// order of the changes (the status lock is not held for the write).
+    persist: Mutex<()>,
     /// Told of every change of the status, for those who wait for an exit.
     changed: watch::Sender<()>,
     op: tokio::sync::Mutex<()>,
@@ -147,6 +150,7 @@ impl Container {
         Container {
             meta,
             status: Mutex::new(status),
+            persist: Mutex::new(()),
             changed: watch::channel(()).0,
             op: tokio::sync::Mutex::new(()),
         }
@@ -232,12 +236,9 @@ impl Container {
 
     /// Writes the record of the current status.
     pub fn save(&self) -> Result<()> {
-        let s = self.lock();
-        record::save(
-            &self.meta.dir,
-            RECORD,
-            &Container::record_of(&self.meta, &s),
-        )
+        let _w = self.persist.lock().unwrap_or_else(|p| p.into_inner());
+        let rec = Container::record_of(&self.meta, &self.lock());
+        record::save(&self.meta.dir, RECORD, &rec)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Status> {
@@ -256,6 +257,7 @@ impl Container {
     /// Changes the status with `f` and persists it. The change holds in
     /// memory even when the record cannot be written (the error says so).
     pub fn update<T>(&self, f: impl FnOnce(&mut Status) -> T) -> Result<T> {
+        let _w = self.persist.lock().unwrap_or_else(|p| p.into_inner());
         let (out, rec) = {
             let mut s = self.lock();
             let out = f(&mut s);

@@ -95,6 +95,8 @@ pub struct PodStatus {
 pub struct Pod {
     pub meta: PodMeta,
     status: Mutex<PodStatus>,
+    /// Held while a change is written: records reach the disk in order.
+    persist: Mutex<()>,
     op: tokio::sync::RwLock<()>,
 }
 
@@ -111,6 +113,7 @@ impl Pod {
         Pod {
             meta,
             status: Mutex::new(status),
+            persist: Mutex::new(()),
             op: tokio::sync::RwLock::new(()),
         }
     }
@@ -182,12 +185,14 @@ impl Pod {
     }
 
     pub fn save(&self) -> Result<()> {
-        let s = self.lock();
-        record::save(&self.meta.dir, RECORD, &Pod::record_of(&self.meta, &s))
+        let _w = self.persist.lock().unwrap_or_else(|p| p.into_inner());
+        let rec = Pod::record_of(&self.meta, &self.lock());
+        record::save(&self.meta.dir, RECORD, &rec)
     }
 
     /// Changes the status with `f` and persists it.
     pub fn update<T>(&self, f: impl FnOnce(&mut PodStatus) -> T) -> Result<T> {
+        let _w = self.persist.lock().unwrap_or_else(|p| p.into_inner());
         let (out, rec) = {
             let mut s = self.lock();
             let out = f(&mut s);
