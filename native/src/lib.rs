@@ -13,6 +13,7 @@ pub mod kernel;
 pub mod loopdev;
 pub mod monitor;
 pub mod mounts;
+pub mod pidfd;
 pub mod resolve;
 pub mod sandbox;
 pub mod seccomp;

@@ -12,7 +12,6 @@
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
@@ -35,13 +34,7 @@ impl ProcId {
     }
 }
 
-/// The start time of process `pid`, in clock ticks after boot.
-pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces; the fields after ')' are plain.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(19)?.parse().ok()
-}
+pub use sycri_native::pidfd::start_time;
 
 fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -50,35 +43,18 @@ fn is_zombie(pid: i32) -> bool {
         .unwrap_or(true)
 }
 
-/// A pidfd on one process: it names that process and no other, whatever
-/// happens to its pid number later.
+/// A pidfd on one recorded process (`sycri_native::pidfd`): it names that
+/// process and no other, whatever happens to its pid number later.
 pub struct PidFd {
     id: ProcId,
-    fd: OwnedFd,
+    fd: sycri_native::pidfd::PidFd,
 }
 
 impl PidFd {
     /// A handle on `id`, if that very process still exists (a zombie counts:
     /// it has ended but holds its pid).
     pub fn open(id: ProcId) -> Option<PidFd> {
-        if id.pid <= 0 {
-            return None;
-        }
-        // SAFETY: pidfd_open takes a pid and flags and returns a new
-        // descriptor or -1; no memory is passed.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, id.pid, 0) };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: the syscall returned a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        // The pidfd pins the process it was opened on; if that process has
-        // the recorded start time it is ours, and stays ours through `fd`.
-        if let Some(want) = id.start {
-            if start_time(id.pid) != Some(want) {
-                return None;
-            }
-        }
+        let fd = sycri_native::pidfd::PidFd::open_checked(id.pid, id.start)?;
         Some(PidFd { id, fd })
     }
 
@@ -88,30 +64,12 @@ impl PidFd {
 
     /// Sends `sig`; false when the process is gone.
     pub fn signal(&self, sig: i32) -> bool {
-        // SAFETY: pidfd_send_signal with our descriptor, a signal number, no
-        // siginfo (NULL) and no flags.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.fd.as_raw_fd(),
-                sig,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
-        r == 0
+        self.fd.signal(sig)
     }
 
-    /// Whether the process has ended (a pidfd is readable from then on).
+    /// Whether the process has ended.
     pub fn exited(&self) -> bool {
-        let mut p = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: poll on one pollfd of ours with a zero timeout.
-        let r = unsafe { libc::poll(&mut p, 1, 0) };
-        r > 0 && (p.revents & libc::POLLIN) != 0
+        self.fd.exited()
     }
 
     /// Resolves once the process has ended.
@@ -119,7 +77,10 @@ impl PidFd {
         // SAFETY: the AsyncFd owns the pidfd for its whole life; nothing
         // else closes or replaces the descriptor.
         let registered = unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(self.fd, tokio::io::Interest::READABLE)
+            tokio::io::unix::AsyncFd::register_with_interest(
+                self.fd.into_fd(),
+                tokio::io::Interest::READABLE,
+            )
         };
         match registered {
             Ok(afd) => {

@@ -12,6 +12,7 @@ mod group;
 mod resources;
 mod stats;
 
+use crate::pidfd::PidFd;
 use group::write_file;
 pub use group::Cgroups;
 pub use resources::{apply, Resources};
@@ -263,9 +264,14 @@ pub fn kill(path: &Path) -> Result<(), Failure> {
         .open(path.join("cgroup.kill"))
         .and_then(|mut f| f.write_all(b"1"));
     if via_file.is_err() {
-        for pid in pids(path) {
-            // SAFETY: kill(2) with integer arguments only.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+        // No cgroup.kill (v1): each member by a pidfd, taken first and then
+        // checked against the members listed again, so that a number that
+        // was freed and given to a process outside the cgroup between the
+        // reading and the signal is never signalled.
+        let handles: Vec<PidFd> = pids(path).into_iter().filter_map(PidFd::open).collect();
+        let members = pids(path);
+        for p in handles.iter().filter(|p| members.contains(&p.pid())) {
+            p.signal(libc::SIGKILL);
         }
     }
     Ok(())
