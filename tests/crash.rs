@@ -7,9 +7,9 @@
 //!
 //! And an image is mounted once, whatever the restarts: on a run directory
 //! reached through a symlink (as /var/run is /run), three passes of pull,
-//! run, kill -9, restart and remove leave the image mounted once while a
-//! container uses it, and not at all after, and RemoveImage leaves no loop
-//! device.
+//! run two containers of the image, kill -9, restart and remove leave the
+//! image mounted once while they use it, and not at all after, and
+//! RemoveImage leaves no loop device.
 
 mod common;
 
@@ -181,19 +181,22 @@ async fn an_image_is_mounted_once_whatever_the_restarts() {
         let image = s.pull(&sif).await;
         let pod_cfg = pod_config(&format!("pass{pass}"), &s.log_dir());
         let pod = run_pod(&mut s.rt, pod_cfg.clone()).await;
-        let c = create(
-            &mut s.rt,
-            &pod,
-            &pod_cfg,
-            container_config("app", &image, &["sleep", "1000"]),
-        )
-        .await
-        .expect("create");
-        start(&mut s.rt, &c).await.expect("start");
+        // Two containers of the image: they share its one mount.
+        for name in ["app", "sidecar"] {
+            let c = create(
+                &mut s.rt,
+                &pod,
+                &pod_cfg,
+                container_config(name, &image, &["sleep", "1000"]),
+            )
+            .await
+            .expect("create");
+            start(&mut s.rt, &c).await.expect("start");
+        }
         assert_eq!(
             squashfs_mounts(&s),
             1,
-            "pass {pass}: while the container runs"
+            "pass {pass}: while the containers run"
         );
         s.kill9();
         s.restart().await;
