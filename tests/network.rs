@@ -430,7 +430,7 @@ async fn two_pods_reach_each_other_over_the_bridge() {
     assert_ne!(ip_a, ip_b);
     assert!(st_a.network.expect("network").additional_ips.is_empty());
     assert_eq!(info_a["cniNetwork"], net.name(), "{info_a}");
-    assert_eq!(info_a["cniCheck"], "ok", "{info_a}");
+    assert!(info_a["cniResult"]["ips"].is_array(), "{info_a}");
     assert_eq!(net.ports().len(), 2, "one veth per pod on the bridge");
     assert_eq!(net.allocations().len(), 2);
 

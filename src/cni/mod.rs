@@ -373,26 +373,6 @@ impl Cni {
             None => Ok(()),
         }
     }
-
-    /// CHECK (spec 0.4.0 and later, unless the network disables it): Ok(false)
-    /// when the network does not support it.
-    pub async fn check(&self, reaper: &Reaper, att: &Attachment) -> Result<bool, CniError> {
-        let net = att.network_config()?;
-        if net.disable_check || !version_at_least(&net.cni_version, "0.4.0") {
-            return Ok(false);
-        }
-        let Some(prev) = att.result.as_ref() else {
-            return Err(CniError::BadResult {
-                plugin: String::new(),
-                command: "CHECK".into(),
-                reason: "no ADD result to check against".into(),
-            });
-        };
-        for p in &net.plugins {
-            self.call(reaper, att, &net, "CHECK", p, Some(prev)).await?;
-        }
-        Ok(true)
-    }
 }
 
 #[cfg(test)]

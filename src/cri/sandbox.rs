@@ -35,7 +35,7 @@ pub async fn status(
     rt: &Arc<Runtime>,
     req: cri::PodSandboxStatusRequest,
 ) -> Result<cri::PodSandboxStatusResponse> {
-    let p = rt.pod_status(&req.pod_sandbox_id, req.verbose).await?;
+    let p = rt.pod_status(&req.pod_sandbox_id, req.verbose)?;
     Ok(cri::PodSandboxStatusResponse {
         status: Some(convert::pod_status(&p.pod.meta, &p.status)),
         info: p.info,

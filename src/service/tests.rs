@@ -414,7 +414,7 @@ async fn reads_answer_while_a_long_stop_waits() {
     assert!(env.rt.container_status(&other, false).is_ok());
     assert_eq!(env.rt.list_container_usage(|_| true).await.len(), 2);
     assert_eq!(env.rt.list_pods().len(), 1);
-    let info = env.rt.pod_status(&pod, true).await.expect("pod status");
+    let info = env.rt.pod_status(&pod, true).expect("pod status");
     assert!(info.status.ready);
     done.lock().expect("lock").push("reads");
     assert!(!stop.is_finished());
