@@ -7,34 +7,30 @@ use crate::proto::cri;
 use serde_json::{json, Map, Value};
 use std::net::IpAddr;
 
-/// The cgroup group that holds containers whose pod names no cgroup parent.
-pub const CGROUP_PARENT: &str = "sycri";
-
 /// Where a pod's containers get their cgroups: the pod's `cgroup_parent`
 /// (as the kubelet sets it with the cgroupfs driver) relative to each
-/// hierarchy's root, else [`CGROUP_PARENT`].
-pub fn cgroup_parent(pod: &cri::PodSandboxConfig) -> Result<String> {
-    let parent = pod
+/// hierarchy's root, else `own`, the server's group (config
+/// `cgroup_parent`), which a pod's may not be inside.
+pub fn cgroup_parent(pod: &cri::PodSandboxConfig, own: &str) -> Result<String> {
+    let given = pod
         .linux
         .as_ref()
-        .map(|l| l.cgroup_parent.trim_matches('/'))
+        .map(|l| l.cgroup_parent.as_str())
         .unwrap_or("");
-    if parent.is_empty() {
-        return Ok(CGROUP_PARENT.to_string());
+    if given.trim_matches('/').is_empty() {
+        return Ok(own.to_string());
     }
-    let ok = parent
-        .split('/')
-        .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
-    if !ok || parent.contains('\0') {
-        return Err(Error::InvalidArgument(format!(
-            "cgroup_parent {parent:?} must be a plain path inside the cgroup hierarchy"
-        )));
-    }
+    let parent = crate::config::cgroup_path(given).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "cgroup_parent {:?} must be a plain path inside the cgroup hierarchy",
+            given.trim_matches('/')
+        ))
+    })?;
     // sycri's own group holds containers: a pod placed inside one would
     // share its limits, die with it and keep it from being removed.
-    if parent == CGROUP_PARENT || parent.starts_with(&format!("{CGROUP_PARENT}/")) {
+    if parent == own || parent.starts_with(&format!("{own}/")) {
         return Err(Error::InvalidArgument(format!(
-            "cgroup_parent {parent:?} is inside sycri's own cgroup {CGROUP_PARENT:?}"
+            "cgroup_parent {parent:?} is inside sycri's own cgroup {own:?}"
         )));
     }
     Ok(parent.to_string())
@@ -241,12 +237,28 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(cgroup_parent(&pod("")).ok().as_deref(), Some(CGROUP_PARENT));
         assert_eq!(
-            cgroup_parent(&pod("/kubepods/burstable/pod1"))
+            cgroup_parent(&pod(""), "sycri").ok().as_deref(),
+            Some("sycri")
+        );
+        assert_eq!(
+            cgroup_parent(&cri::PodSandboxConfig::default(), "sycri-t1")
+                .ok()
+                .as_deref(),
+            Some("sycri-t1")
+        );
+        assert_eq!(
+            cgroup_parent(&pod("/kubepods/burstable/pod1"), "sycri")
                 .ok()
                 .as_deref(),
             Some("kubepods/burstable/pod1")
+        );
+        // Beside a configured group of another name is fine.
+        assert_eq!(
+            cgroup_parent(&pod("/sycri/pod1"), "sycri-t1")
+                .ok()
+                .as_deref(),
+            Some("sycri/pod1")
         );
         for bad in [
             "/kubepods/../../etc",
@@ -257,10 +269,17 @@ mod tests {
             "sycri",
         ] {
             assert!(
-                matches!(cgroup_parent(&pod(bad)), Err(Error::InvalidArgument(_))),
+                matches!(
+                    cgroup_parent(&pod(bad), "sycri"),
+                    Err(Error::InvalidArgument(_))
+                ),
                 "{bad}"
             );
         }
+        assert!(matches!(
+            cgroup_parent(&pod("/sycri-t1/x"), "sycri-t1"),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 
     #[test]

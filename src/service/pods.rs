@@ -61,7 +61,7 @@ impl Runtime {
         }
         // Its containers' cgroups go there: refuse a bad one now, not at
         // the first CreateContainer.
-        cgroup_parent(&config)?;
+        self.cgroup_parent(&config)?;
         if !req.runtime_handler.is_empty()
             && !self.cfg.runtime_handlers.contains(&req.runtime_handler)
         {
@@ -102,6 +102,12 @@ impl Runtime {
                 Err(e)
             }
         }
+    }
+
+    /// Where the containers of a pod with `config` get their cgroups: its
+    /// own cgroup parent, else the server's (config `cgroup_parent`).
+    pub(super) fn cgroup_parent(&self, config: &cri::PodSandboxConfig) -> Result<String> {
+        cgroup_parent(config, self.cfg.cgroup_parent_path())
     }
 
     async fn create_pod(
