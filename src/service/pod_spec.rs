@@ -2,6 +2,7 @@
 //! namespaces, /etc files, sysctls, CNI capability arguments, the cgroup
 //! parent of its containers. Pure functions, checked before anything is made.
 
+use super::container_spec::{check_apparmor, check_selinux, check_user_namespace};
 use crate::error::{Error, Result};
 use crate::proto::cri;
 use serde_json::{json, Map, Value};
@@ -34,6 +35,27 @@ pub fn cgroup_parent(pod: &cri::PodSandboxConfig, own: &str) -> Result<String> {
         )));
     }
     Ok(parent.to_string())
+}
+
+/// Refuses what a pod's security context asks that sycri cannot do: a user
+/// namespace of its own, an SELinux label, an AppArmor profile. The rest of
+/// it describes the sandbox's own process (a pause container elsewhere),
+/// which a sycri pod does not have, so it has nothing to apply to and is
+/// accepted: run_as_user, run_as_group, supplemental_groups (and their
+/// policy), readonly_rootfs, privileged, and seccomp / seccomp_profile_path
+/// (the kubelet sends a pod-level seccomp profile with every pod; each
+/// container's own profile is applied to it).
+pub fn check_security(config: &cri::PodSandboxConfig) -> Result<()> {
+    let Some(sc) = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+    else {
+        return Ok(());
+    };
+    check_user_namespace(sc.namespace_options.as_ref(), "pod")?;
+    check_selinux(sc.selinux_options.as_ref(), "pod")?;
+    check_apparmor(sc.apparmor.as_ref(), "", "pod")
 }
 
 pub fn ns_options(config: &cri::PodSandboxConfig) -> cri::NamespaceOption {
@@ -226,6 +248,7 @@ pub fn capability_args(
 
 #[cfg(test)]
 mod tests {
+    use super::super::container_spec::tests::refusal;
     use super::*;
 
     #[test]
@@ -280,6 +303,93 @@ mod tests {
             cgroup_parent(&pod("/sycri-t1/x"), "sycri-t1"),
             Err(Error::InvalidArgument(_))
         ));
+    }
+
+    fn pod_with(sc: cri::LinuxSandboxSecurityContext) -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig {
+            linux: Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(sc),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn what_the_kubelet_always_sends_is_accepted() {
+        use cri::security_profile::ProfileType;
+        // A pod as the kubelet sends it: the node's user namespace, a
+        // pod-level seccomp profile, run_as_user and groups, privileged.
+        let sc = cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                userns_options: Some(cri::UserNamespace {
+                    mode: cri::NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            seccomp: Some(cri::SecurityProfile {
+                profile_type: ProfileType::RuntimeDefault as i32,
+                ..Default::default()
+            }),
+            run_as_user: Some(cri::Int64Value { value: 1000 }),
+            supplemental_groups: vec![2000],
+            privileged: true,
+            selinux_options: Some(cri::SeLinuxOption::default()),
+            apparmor: Some(cri::SecurityProfile {
+                profile_type: ProfileType::Unconfined as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(refusal(check_security(&pod_with(sc))).0, "accepted");
+        assert!(check_security(&cri::PodSandboxConfig::default()).is_ok());
+    }
+
+    #[test]
+    fn pod_security_sycri_cannot_apply_is_refused() {
+        use cri::security_profile::ProfileType;
+        // The checks are container_spec's (tested there case by case); at
+        // pod level each one runs and says it is the pod's.
+        let userns = pod_with(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                userns_options: Some(cri::UserNamespace {
+                    mode: cri::NamespaceMode::Pod as i32,
+                    uids: vec![cri::IdMapping {
+                        host_id: 100000,
+                        container_id: 0,
+                        length: 65536,
+                    }],
+                    gids: Vec::new(),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let selinux = pod_with(cri::LinuxSandboxSecurityContext {
+            selinux_options: Some(cri::SeLinuxOption {
+                r#type: "spc_t".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let apparmor = pod_with(cri::LinuxSandboxSecurityContext {
+            apparmor: Some(cri::SecurityProfile {
+                profile_type: ProfileType::Localhost as i32,
+                localhost_ref: "my-profile".into(),
+            }),
+            ..Default::default()
+        });
+        for (pod, field) in [
+            (userns, "userns_options"),
+            (selinux, "selinux_options"),
+            (apparmor, "my-profile"),
+        ] {
+            let (got, msg) = refusal(check_security(&pod));
+            assert_eq!(got, "FailedPrecondition", "{pod:?}: {msg}");
+            assert!(msg.contains(field), "{msg:?} names {field}");
+            assert!(msg.contains("pod's"), "{msg:?} says it is the pod's");
+        }
     }
 
     #[test]

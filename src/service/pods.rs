@@ -62,6 +62,7 @@ impl Runtime {
         // Its containers' cgroups go there: refuse a bad one now, not at
         // the first CreateContainer.
         self.cgroup_parent(&config)?;
+        pod_spec::check_security(&config)?;
         if !req.runtime_handler.is_empty()
             && !self.cfg.runtime_handlers.contains(&req.runtime_handler)
         {
