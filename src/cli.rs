@@ -27,9 +27,14 @@ pub struct Args {
     /// Log level or tracing filter (error, warn, info, debug, trace).
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
-    /// Cgroup driver reported to the kubelet.
+    /// Cgroup driver reported to the kubelet (only cgroupfs is built: the
+    /// server refuses to start with systemd).
     #[arg(long, value_enum)]
     pub cgroup_driver: Option<CliCgroupDriver>,
+    /// Cgroup group for containers whose pod names no cgroup parent
+    /// (default sycri), relative to each hierarchy's root.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_parent: Option<String>,
     /// Streaming server address for exec, attach and port-forward (host:port).
     #[arg(long, value_name = "HOST:PORT")]
     pub stream_address: Option<String>,
@@ -81,6 +86,9 @@ impl Args {
                 CliCgroupDriver::Cgroupfs => CgroupDriver::Cgroupfs,
                 CliCgroupDriver::Systemd => CgroupDriver::Systemd,
             };
+        }
+        if let Some(v) = self.cgroup_parent {
+            c.cgroup_parent = v;
         }
         if let Some(v) = self.stream_address {
             c.stream_address = v;

@@ -10,6 +10,8 @@ pub const DEFAULT_CONFIG_FILE: &str = "/etc/sycri/sycri.toml";
 pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
 /// The usual place, then Debian's (containernetworking-plugins).
 pub const DEFAULT_CNI_BIN_DIRS: &[&str] = &["/opt/cni/bin", "/usr/lib/cni"];
+/// The cgroup group that holds containers whose pod names no cgroup parent.
+pub const DEFAULT_CGROUP_PARENT: &str = "sycri";
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -32,10 +34,18 @@ pub struct Config {
     pub run_dir: PathBuf,
     /// `error`, `warn`, `info`, `debug`, `trace` or a tracing filter.
     pub log_level: String,
+    /// The cgroup driver reported to the kubelet. Only `cgroupfs` is built:
+    /// `systemd` parses (so that `--print-config` shows it) but the server
+    /// refuses to start with it ([`Config::validate`]).
     pub cgroup_driver: CgroupDriver,
+    /// The group, relative to each cgroup hierarchy's root, that holds the
+    /// cgroups of containers whose pod names no `cgroup_parent`.
+    pub cgroup_parent: String,
     /// Address of the streaming server (exec, attach, port-forward).
     pub stream_address: String,
-    /// How long StopPodSandbox gives a container after its stop signal, in seconds.
+    /// How long StopPodSandbox gives each running container after its stop
+    /// signal before SIGKILL, in seconds; 0 (the default, as containerd)
+    /// kills at once.
     pub pod_stop_timeout_secs: u64,
     /// Largest unpacked size of an image pulled from a registry (all layers),
     /// a guard against decompression bombs.
@@ -170,8 +180,9 @@ impl Default for Config {
             run_dir: PathBuf::from(DEFAULT_RUN_DIR),
             log_level: "info".to_string(),
             cgroup_driver: CgroupDriver::Cgroupfs,
+            cgroup_parent: DEFAULT_CGROUP_PARENT.to_string(),
             stream_address: "127.0.0.1:0".to_string(),
-            pod_stop_timeout_secs: 10,
+            pod_stop_timeout_secs: 0,
             max_image_bytes: 8 << 30,
             library_url: "https://library.sylabs.io".to_string(),
             cni_conf_dir: PathBuf::from(DEFAULT_CNI_CONF_DIR),
@@ -203,6 +214,29 @@ pub enum ConfigError {
     Listen(String),
     #[error("config: {0}")]
     Invalid(String),
+    #[error(
+        "cgroup_driver = \"systemd\" is not supported yet: sycri makes its cgroups as plain \
+         directories (the cgroupfs driver) and cannot place them in systemd slices; set \
+         cgroup_driver = \"cgroupfs\" and run the kubelet with --cgroup-driver=cgroupfs"
+    )]
+    SystemdDriver,
+    #[error(
+        "cgroup_parent {0:?} must be a plain relative path inside the cgroup hierarchy \
+         (no empty, \".\" or \"..\" segments)"
+    )]
+    CgroupParent(String),
+}
+
+/// `path` as a cgroup path relative to a hierarchy's root (surrounding
+/// slashes dropped), or None when it is empty or could leave the hierarchy:
+/// an empty, `.` or `..` segment, or a NUL byte.
+pub fn cgroup_path(path: &str) -> Option<&str> {
+    let p = path.trim_matches('/');
+    let plain = !p.is_empty()
+        && !p.contains('\0')
+        && p.split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
+    plain.then_some(p)
 }
 
 impl Config {
@@ -248,6 +282,26 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Refuses what the server cannot do as configured; run before it
+    /// starts (not by `--print-config`, which shows any configuration).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.socket_path()?;
+        if self.cgroup_driver == CgroupDriver::Systemd {
+            return Err(ConfigError::SystemdDriver);
+        }
+        if cgroup_path(&self.cgroup_parent).is_none() {
+            return Err(ConfigError::CgroupParent(self.cgroup_parent.clone()));
+        }
+        Ok(())
+    }
+
+    /// `cgroup_parent` relative to each hierarchy's root ("/sycri/" is
+    /// "sycri"); the default when it is not valid, which [`Config::validate`]
+    /// refuses before the server starts.
+    pub fn cgroup_parent_path(&self) -> &str {
+        cgroup_path(&self.cgroup_parent).unwrap_or(DEFAULT_CGROUP_PARENT)
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -362,6 +416,43 @@ mod tests {
             Ok(std::time::Duration::from_millis(250))
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_systemd_driver_parses_but_is_refused_at_start() {
+        let systemd: Config = toml::from_str("cgroup_driver = \"systemd\"\n").expect("parse");
+        assert_eq!(systemd.cgroup_driver, CgroupDriver::Systemd);
+        let e = systemd.validate().expect_err("systemd refused");
+        assert!(matches!(e, ConfigError::SystemdDriver), "{e}");
+        assert!(e.to_string().contains("cgroup_driver"), "{e}");
+        assert!(e.to_string().contains("systemd"), "{e}");
+        // What --print-config prints reads back the same.
+        let printed = toml::to_string_pretty(&systemd).expect("print");
+        assert_eq!(toml::from_str::<Config>(&printed).ok(), Some(systemd));
+        assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn cgroup_parent_is_a_plain_path() {
+        let c = Config::default();
+        assert_eq!(c.cgroup_parent_path(), "sycri");
+        for (given, want) in [("/sycri-test/", "sycri-test"), ("a/b", "a/b")] {
+            let c = Config {
+                cgroup_parent: given.into(),
+                ..Config::default()
+            };
+            assert!(c.validate().is_ok(), "{given}");
+            assert_eq!(c.cgroup_parent_path(), want);
+        }
+        for bad in ["", "/", "a/../b", "..", "a//b", "./a", "a\0b"] {
+            let c = Config {
+                cgroup_parent: bad.into(),
+                ..Config::default()
+            };
+            let e = c.validate().expect_err(bad);
+            assert!(matches!(e, ConfigError::CgroupParent(_)), "{bad}: {e}");
+            assert!(e.to_string().contains("cgroup_parent"), "{e}");
+        }
     }
 
     fn tempfile_dir() -> PathBuf {

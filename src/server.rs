@@ -44,6 +44,9 @@ const MAX_MESSAGE: usize = 16 << 20;
 const MAX_FRAME: u32 = 16 << 10;
 
 pub async fn serve(cfg: Config) -> Result<(), ServeError> {
+    // What the server cannot do as configured stops it here, before it
+    // makes anything or tells the kubelet otherwise.
+    cfg.validate()?;
     let socket = cfg.socket_path()?;
     // Chosen before the reaper starts: the probe waits for its own child.
     let binary = crate::engine::binary::select(cfg.engine_binary.as_deref())?;
@@ -51,7 +54,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let engine = Arc::new(LinuxEngine::new(
         binary,
         reaper.clone(),
-        crate::service::CGROUP_PARENT,
+        cfg.cgroup_parent_path(),
     ));
     let streaming = crate::streaming::bind(&cfg.stream_address).await?;
     let rt = Runtime::open(cfg, engine, reaper, Some(streaming.registry())).await?;

@@ -32,23 +32,23 @@ fn engine_from_another_build_is_refused() {
     let engine = fake_engine(dir.path(), "0123456789abcdef", &dir.path().join("marker"));
     let config = dir.path().join("sycri.toml");
     std::fs::write(&config, "").expect("config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sycri"))
-        .arg("--config")
-        .arg(&config)
-        .arg("--listen")
-        .arg(format!("unix://{}", dir.path().join("s.sock").display()))
-        .arg("--storage-dir")
-        .arg(dir.path().join("store"))
-        .arg("--run-dir")
-        .arg(dir.path().join("run"))
-        .arg("--engine-binary")
-        .arg(&engine)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sycri");
-    keep_child(child.id());
+    let mut child = spawn_kept(
+        Command::new(env!("CARGO_BIN_EXE_sycri"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--listen")
+            .arg(format!("unix://{}", dir.path().join("s.sock").display()))
+            .arg("--storage-dir")
+            .arg(dir.path().join("store"))
+            .arg("--run-dir")
+            .arg(dir.path().join("run"))
+            .arg("--engine-binary")
+            .arg(&engine)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .expect("start sycri");
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(st) = child.try_wait().expect("wait") {

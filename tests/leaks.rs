@@ -448,6 +448,12 @@ async fn remove_container_ends_its_background_child() {
         return;
     };
     wait_log_line(&s.log_dir().join("parent.log"), "forked").await;
+    // The shell echoes once it has forked; the child may not have exec'd
+    // sleep yet.
+    wait_for("the background child", Duration::from_secs(5), || {
+        !background(&pod_ns).is_empty()
+    })
+    .await;
     let bg = background(&pod_ns);
     assert_eq!(bg.len(), 1, "the background child runs");
     remove_container(&mut s.rt, &c).await.expect("remove");

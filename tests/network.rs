@@ -185,16 +185,26 @@ impl Drop for TestNet {
     }
 }
 
+/// Runs `cmd` to its end for its output, out of the harness reaper's reach.
+fn output(cmd: &mut Command) -> std::io::Result<std::process::Output> {
+    let child = spawn_kept(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )?;
+    let pid = child.id();
+    let out = child.wait_with_output();
+    untrack(pid);
+    out
+}
+
 fn ip(args: &[&str]) -> std::io::Result<std::process::Output> {
-    Command::new("ip").args(args).stdin(Stdio::null()).output()
+    output(Command::new("ip").args(args))
 }
 
 /// The NAT table as iptables-save prints it ("" without iptables).
 fn iptables_nat() -> String {
-    Command::new("iptables-save")
-        .args(["-t", "nat"])
-        .stdin(Stdio::null())
-        .output()
+    output(Command::new("iptables-save").args(["-t", "nat"]))
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default()
 }

@@ -107,7 +107,7 @@ async fn limits_updates_and_usage() {
     let id = create(&mut s.rt, &pod, &pod_cfg, cfg)
         .await
         .expect("create");
-    let cg = cgroups_of("sycri", &id);
+    let cg = cgroups_of(&s.cgroup_parent(), &id);
 
     // The limits are there before the container starts.
     assert_eq!(

@@ -22,6 +22,14 @@ async fn setup(test: &str) -> Option<(Server, String, cri::PodSandboxConfig, Str
     Some((s, pod, pod_cfg, image))
 }
 
+/// Removes the pod (and its containers) and checks that nothing of them is
+/// left: mounts, processes, cgroups.
+async fn teardown(s: &mut Server, pod: &str) {
+    stop_pod(&mut s.rt, pod).await.expect("stop pod");
+    remove_pod(&mut s.rt, pod).await.expect("remove pod");
+    assert_no_leaks(s.dir.path(), &[]);
+}
+
 async fn running(
     s: &mut Server,
     pod: &str,
@@ -231,6 +239,7 @@ async fn exec_output_exit_codes_and_tokens() {
         })
         .await;
     assert_eq!(r.err().map(|e| e.code()), Some(tonic::Code::NotFound));
+    teardown(&mut s, &pod).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,6 +282,7 @@ async fn exec_with_a_tty_stdin_and_resize() {
     assert!(out.contains("hello"), "{out:?}");
     assert_eq!(exit_code(&status), 0);
     drop(keep_stdin_open);
+    teardown(&mut s, &pod).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,6 +319,7 @@ async fn ten_execs_at_once() {
         "execs ran one after another: {:?}",
         started.elapsed()
     );
+    teardown(&mut s, &pod).await;
 }
 
 async fn attach_url(rt: &mut Rt, c: &str) -> String {
@@ -384,6 +395,7 @@ async fn attach_to_a_shell_then_close_its_stdin() {
         r.err().map(|e| e.code()),
         Some(tonic::Code::FailedPrecondition)
     );
+    teardown(&mut s, &pod).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -424,6 +436,7 @@ async fn attach_after_a_server_restart() {
     let (_, _, status) = finish(watcher).await;
     assert_eq!(status["status"], "Success", "{status}");
     wait_state(&mut s.rt, &c, cri::ContainerState::ContainerExited).await;
+    teardown(&mut s, &pod).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -529,6 +542,7 @@ async fn port_forward_into_the_pod() {
         },
     )
     .await;
+    teardown(&mut s, &pod).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -642,4 +656,5 @@ async fn exec_over_websocket_v5_and_v4() {
         let status: serde_json::Value = serde_json::from_slice(&status).expect("status JSON");
         assert_eq!(exit_code(&status), 4, "{proto}");
     }
+    teardown(&mut s, &pod).await;
 }

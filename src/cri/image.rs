@@ -71,10 +71,13 @@ fn usage(u: FsUsage) -> cri::FilesystemUsage {
     }
 }
 
-pub fn fs_info(rt: &Runtime, _req: cri::ImageFsInfoRequest) -> cri::ImageFsInfoResponse {
-    let (images, containers) = rt.image_fs_usage();
-    cri::ImageFsInfoResponse {
+pub async fn fs_info(
+    rt: &Runtime,
+    _req: cri::ImageFsInfoRequest,
+) -> Result<cri::ImageFsInfoResponse> {
+    let (images, containers) = rt.image_fs_usage().await?;
+    Ok(cri::ImageFsInfoResponse {
         image_filesystems: vec![usage(images)],
         container_filesystems: vec![usage(containers)],
-    }
+    })
 }

@@ -238,6 +238,6 @@ impl ImageApi for ImageService {
         &self,
         r: Request<cri::ImageFsInfoRequest>,
     ) -> R<cri::ImageFsInfoResponse> {
-        answer(Ok(image::fs_info(&self.rt, r.into_inner())))
+        answer(image::fs_info(&self.rt, r.into_inner()).await)
     }
 }

@@ -27,6 +27,9 @@ pub fn check_request(config: &cri::ContainerConfig) -> Result<()> {
             "container metadata needs a name".into(),
         ));
     }
+    // A mount's selinux_relabel is accepted: sycri applies no SELinux
+    // labels, so there is nothing to relabel for (the kubelet sets it on
+    // volumes whatever the host).
     for m in &config.mounts {
         if m.image.is_some() {
             return Err(Error::Unimplemented(
@@ -44,6 +47,13 @@ pub fn check_request(config: &cri::ContainerConfig) -> Result<()> {
             ));
         }
     }
+    if let Some(d) = config.cdi_devices.first() {
+        return Err(Error::FailedPrecondition(format!(
+            "CDI devices are not supported yet: CDI_devices names {:?}; sycri has no CDI \
+             registry to resolve it (devices with host_path and container_path work)",
+            d.name
+        )));
+    }
     let sc = security_context(config);
     // A group without a user would pair it with the image's user, which the
     // kubelet never means (as containerd and CRI-O, refuse it).
@@ -51,6 +61,112 @@ pub fn check_request(config: &cri::ContainerConfig) -> Result<()> {
         return Err(Error::InvalidArgument(
             "run_as_group is set without run_as_user or run_as_username".into(),
         ));
+    }
+    check_user_namespace(sc.namespace_options.as_ref(), "container")?;
+    check_selinux(sc.selinux_options.as_ref(), "container")?;
+    // apparmor_profile is deprecated in the CRI, but the kubelet still sends
+    // it beside `apparmor`.
+    #[allow(deprecated)]
+    check_apparmor(sc.apparmor.as_ref(), &sc.apparmor_profile, "container")?;
+    if let Some(c) = sc.capabilities.as_ref() {
+        if !c.add_ambient_capabilities.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "ambient capabilities are not supported yet: \
+                 capabilities.add_ambient_capabilities asks for {:?}",
+                c.add_ambient_capabilities
+            )));
+        }
+    }
+    // Strict would leave out the groups the image's /etc/group gives the
+    // user, which identity() always adds (RuntimeFeatures says so: the
+    // kubelet does not send Strict to sycri).
+    if sc.supplemental_groups_policy == cri::SupplementalGroupsPolicy::Strict as i32 {
+        return Err(Error::FailedPrecondition(
+            "supplemental_groups_policy Strict is not supported yet: the groups of the \
+             image's /etc/group are always added (Merge)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a user namespace other than the node's: sycri runs every
+/// container in the host's user namespace. Mode NODE (what the kubelet sends
+/// for a pod without `hostUsers: false`) is that, and accepted; `level` is
+/// "pod" or "container", for the message.
+pub fn check_user_namespace(ns: Option<&cri::NamespaceOption>, level: &str) -> Result<()> {
+    let Some(u) = ns.and_then(|n| n.userns_options.as_ref()) else {
+        return Ok(());
+    };
+    let mode = cri::NamespaceMode::try_from(u.mode)
+        .map(|m| m.as_str_name().to_string())
+        .unwrap_or_else(|_| u.mode.to_string());
+    if u.mode != cri::NamespaceMode::Node as i32 {
+        return Err(Error::FailedPrecondition(format!(
+            "user namespaces are not supported yet: the {level}'s \
+             namespace_options.userns_options asks for mode {mode}; only NODE (the node's \
+             user namespace) can be run"
+        )));
+    }
+    if !u.uids.is_empty() || !u.gids.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "the {level}'s namespace_options.userns_options has mode NODE with uid or gid \
+             mappings: the node's user namespace has no mappings to set"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses an SELinux label: sycri labels nothing. Options with every field
+/// empty ask for nothing and are accepted.
+pub fn check_selinux(opts: Option<&cri::SeLinuxOption>, level: &str) -> Result<()> {
+    let Some(o) = opts else {
+        return Ok(());
+    };
+    if [&o.user, &o.role, &o.r#type, &o.level]
+        .iter()
+        .all(|f| f.is_empty())
+    {
+        return Ok(());
+    }
+    Err(Error::FailedPrecondition(format!(
+        "SELinux is not supported yet: the {level}'s selinux_options ask for the label \
+         {}:{}:{}:{}, which sycri cannot apply",
+        o.user, o.role, o.r#type, o.level
+    )))
+}
+
+/// Refuses an AppArmor profile: sycri loads and applies none. Unconfined
+/// (the profile, or the deprecated `apparmor_profile` "unconfined"; or
+/// nothing at all) is what every container gets, and accepted.
+pub fn check_apparmor(
+    profile: Option<&cri::SecurityProfile>,
+    deprecated: &str,
+    level: &str,
+) -> Result<()> {
+    use cri::security_profile::ProfileType;
+    let refuse = |what: String| {
+        Err(Error::FailedPrecondition(format!(
+            "AppArmor is not supported yet: the {level}'s {what}; only unconfined can be run"
+        )))
+    };
+    if let Some(p) = profile {
+        match ProfileType::try_from(p.profile_type) {
+            Ok(ProfileType::Unconfined) => {}
+            Ok(ProfileType::Localhost) => {
+                return refuse(format!(
+                    "apparmor asks for the Localhost profile {:?}",
+                    p.localhost_ref
+                ))
+            }
+            Ok(ProfileType::RuntimeDefault) => {
+                return refuse("apparmor asks for the RuntimeDefault profile".into())
+            }
+            Err(_) => return refuse(format!("apparmor asks for profile type {}", p.profile_type)),
+        }
+    }
+    if !deprecated.is_empty() && deprecated != "unconfined" {
+        return refuse(format!("apparmor_profile asks for {deprecated:?}"));
     }
     Ok(())
 }
@@ -523,7 +639,7 @@ fn check_propagation(source: &Path, want: Propagation, mountinfo: &str) -> Resul
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn cfg(command: &[&str], args: &[&str]) -> cri::ContainerConfig {
@@ -977,5 +1093,180 @@ mod tests {
             check_request(&nameless),
             Err(Error::InvalidArgument(_))
         ));
+    }
+
+    fn named(linux: Option<cri::LinuxContainerConfig>) -> cri::ContainerConfig {
+        let mut c = cfg(&["true"], &[]);
+        c.metadata = Some(cri::ContainerMetadata {
+            name: "a".into(),
+            attempt: 0,
+        });
+        c.linux = linux;
+        c
+    }
+
+    fn with_sc(sc: cri::LinuxContainerSecurityContext) -> cri::ContainerConfig {
+        named(Some(cri::LinuxContainerConfig {
+            security_context: Some(sc),
+            ..Default::default()
+        }))
+    }
+
+    /// The code and message of a refusal (pod_spec's tests use it too).
+    pub(in crate::service) fn refusal(r: Result<()>) -> (&'static str, String) {
+        match r {
+            Ok(()) => ("accepted", String::new()),
+            Err(e @ Error::FailedPrecondition(_)) => ("FailedPrecondition", e.to_string()),
+            Err(e @ Error::InvalidArgument(_)) => ("InvalidArgument", e.to_string()),
+            Err(e) => ("other", e.to_string()),
+        }
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn what_has_no_effect_is_accepted() {
+        use cri::security_profile::ProfileType;
+        // As the kubelet sends a container: the node's user namespace,
+        // empty SELinux options, an unconfined AppArmor profile (both
+        // fields), no CDI devices; and a mount asking for an SELinux
+        // relabel, which without SELinux on the host has nothing to do.
+        let mut c = with_sc(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                userns_options: Some(cri::UserNamespace {
+                    mode: cri::NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            selinux_options: Some(cri::SeLinuxOption::default()),
+            apparmor: Some(cri::SecurityProfile {
+                profile_type: ProfileType::Unconfined as i32,
+                ..Default::default()
+            }),
+            apparmor_profile: "unconfined".into(),
+            supplemental_groups_policy: cri::SupplementalGroupsPolicy::Merge as i32,
+            ..Default::default()
+        });
+        c.mounts = vec![cri::Mount {
+            selinux_relabel: true,
+            ..Default::default()
+        }];
+        assert_eq!(refusal(check_request(&c)), ("accepted", String::new()));
+        assert!(check_request(&named(None)).is_ok());
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn what_sycri_cannot_apply_is_refused_naming_the_field() {
+        use cri::security_profile::ProfileType;
+        let userns = |mode: cri::NamespaceMode, gids: Vec<cri::IdMapping>| {
+            with_sc(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    userns_options: Some(cri::UserNamespace {
+                        mode: mode as i32,
+                        uids: Vec::new(),
+                        gids,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        };
+        let apparmor = |t: ProfileType, r: &str| {
+            with_sc(cri::LinuxContainerSecurityContext {
+                apparmor: Some(cri::SecurityProfile {
+                    profile_type: t as i32,
+                    localhost_ref: r.into(),
+                }),
+                ..Default::default()
+            })
+        };
+        let deprecated = |p: &str| {
+            with_sc(cri::LinuxContainerSecurityContext {
+                apparmor_profile: p.into(),
+                ..Default::default()
+            })
+        };
+        let mut cdi = named(None);
+        cdi.cdi_devices = vec![cri::CdiDevice {
+            name: "vendor.com/gpu=0".into(),
+        }];
+        let mapping = cri::IdMapping {
+            host_id: 100000,
+            container_id: 0,
+            length: 65536,
+        };
+        for (c, code, names) in [
+            (cdi, "FailedPrecondition", "CDI_devices"),
+            (
+                userns(cri::NamespaceMode::Pod, Vec::new()),
+                "FailedPrecondition",
+                "userns_options",
+            ),
+            (
+                userns(cri::NamespaceMode::Container, Vec::new()),
+                "FailedPrecondition",
+                "userns_options",
+            ),
+            (
+                userns(cri::NamespaceMode::Node, vec![mapping]),
+                "InvalidArgument",
+                "userns_options",
+            ),
+            (
+                with_sc(cri::LinuxContainerSecurityContext {
+                    selinux_options: Some(cri::SeLinuxOption {
+                        level: "s0:c1,c2".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                "FailedPrecondition",
+                "selinux_options",
+            ),
+            (
+                apparmor(ProfileType::RuntimeDefault, ""),
+                "FailedPrecondition",
+                "apparmor",
+            ),
+            (
+                apparmor(ProfileType::Localhost, "k8s-deny-write"),
+                "FailedPrecondition",
+                "k8s-deny-write",
+            ),
+            (
+                deprecated("runtime/default"),
+                "FailedPrecondition",
+                "apparmor_profile",
+            ),
+            (
+                deprecated("localhost/k8s-deny-write"),
+                "FailedPrecondition",
+                "apparmor_profile",
+            ),
+            (
+                with_sc(cri::LinuxContainerSecurityContext {
+                    capabilities: Some(cri::Capability {
+                        add_ambient_capabilities: vec!["CAP_NET_BIND_SERVICE".into()],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                "FailedPrecondition",
+                "add_ambient_capabilities",
+            ),
+            (
+                with_sc(cri::LinuxContainerSecurityContext {
+                    supplemental_groups_policy: cri::SupplementalGroupsPolicy::Strict as i32,
+                    ..Default::default()
+                }),
+                "FailedPrecondition",
+                "supplemental_groups_policy",
+            ),
+        ] {
+            let (got, msg) = refusal(check_request(&c));
+            assert_eq!(got, code, "{msg}");
+            assert!(msg.contains(names), "{msg:?} names {names}");
+        }
     }
 }

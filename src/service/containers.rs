@@ -4,7 +4,6 @@
 //! which outlives the server.
 
 use super::container_spec as spec;
-use super::pod_spec::{cgroup_parent, CGROUP_PARENT};
 use super::Runtime;
 use crate::error::{Error, Result};
 use crate::images::ImageRecord;
@@ -72,8 +71,8 @@ impl Runtime {
             Error::NotFound(format!("image {image_name:?} not found; pull it first"))
         })?;
         let plan = self.plan(&pod, config, image)?;
-        let parent = cgroup_parent(&pod.meta.config)?;
-        if parent != CGROUP_PARENT {
+        let parent = self.cgroup_parent(&pod.meta.config)?;
+        if parent != self.cfg.cgroup_parent_path() {
             // Normally the kubelet's pod cgroup; make sure it passes the
             // controllers on (sycri's own group was prepared at start).
             self.engine.prepare_cgroup_parent(&parent).await?;
@@ -149,7 +148,7 @@ impl Runtime {
         let id = random_hex(32);
         let cgroups = self
             .engine
-            .cgroups_for(&cgroup_parent(&pod.meta.config)?, &id);
+            .cgroups_for(&self.cgroup_parent(&pod.meta.config)?, &id);
         Ok(Plan {
             log_path: spec::log_path(&config, &pod.meta),
             id,

@@ -20,7 +20,6 @@ mod tests;
 pub use container_spec::limits;
 pub use containers::ContainerInfo;
 pub use images::FsUsage;
-pub use pod_spec::CGROUP_PARENT;
 pub use pods::PodInfo;
 pub use resources::{ContainerUsage, PodUsage};
 

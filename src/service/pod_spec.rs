@@ -2,42 +2,60 @@
 //! namespaces, /etc files, sysctls, CNI capability arguments, the cgroup
 //! parent of its containers. Pure functions, checked before anything is made.
 
+use super::container_spec::{check_apparmor, check_selinux, check_user_namespace};
 use crate::error::{Error, Result};
 use crate::proto::cri;
 use serde_json::{json, Map, Value};
 use std::net::IpAddr;
 
-/// The cgroup group that holds containers whose pod names no cgroup parent.
-pub const CGROUP_PARENT: &str = "sycri";
-
 /// Where a pod's containers get their cgroups: the pod's `cgroup_parent`
 /// (as the kubelet sets it with the cgroupfs driver) relative to each
-/// hierarchy's root, else [`CGROUP_PARENT`].
-pub fn cgroup_parent(pod: &cri::PodSandboxConfig) -> Result<String> {
-    let parent = pod
+/// hierarchy's root, else `own`, the server's group (config
+/// `cgroup_parent`), which a pod's may not be inside.
+pub fn cgroup_parent(pod: &cri::PodSandboxConfig, own: &str) -> Result<String> {
+    let given = pod
         .linux
         .as_ref()
-        .map(|l| l.cgroup_parent.trim_matches('/'))
+        .map(|l| l.cgroup_parent.as_str())
         .unwrap_or("");
-    if parent.is_empty() {
-        return Ok(CGROUP_PARENT.to_string());
+    if given.trim_matches('/').is_empty() {
+        return Ok(own.to_string());
     }
-    let ok = parent
-        .split('/')
-        .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
-    if !ok || parent.contains('\0') {
-        return Err(Error::InvalidArgument(format!(
-            "cgroup_parent {parent:?} must be a plain path inside the cgroup hierarchy"
-        )));
-    }
+    let parent = crate::config::cgroup_path(given).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "cgroup_parent {:?} must be a plain path inside the cgroup hierarchy",
+            given.trim_matches('/')
+        ))
+    })?;
     // sycri's own group holds containers: a pod placed inside one would
     // share its limits, die with it and keep it from being removed.
-    if parent == CGROUP_PARENT || parent.starts_with(&format!("{CGROUP_PARENT}/")) {
+    if parent == own || parent.starts_with(&format!("{own}/")) {
         return Err(Error::InvalidArgument(format!(
-            "cgroup_parent {parent:?} is inside sycri's own cgroup {CGROUP_PARENT:?}"
+            "cgroup_parent {parent:?} is inside sycri's own cgroup {own:?}"
         )));
     }
     Ok(parent.to_string())
+}
+
+/// Refuses what a pod's security context asks that sycri cannot do: a user
+/// namespace of its own, an SELinux label, an AppArmor profile. The rest of
+/// it describes the sandbox's own process (a pause container elsewhere),
+/// which a sycri pod does not have, so it has nothing to apply to and is
+/// accepted: run_as_user, run_as_group, supplemental_groups (and their
+/// policy), readonly_rootfs, privileged, and seccomp / seccomp_profile_path
+/// (the kubelet sends a pod-level seccomp profile with every pod; each
+/// container's own profile is applied to it).
+pub fn check_security(config: &cri::PodSandboxConfig) -> Result<()> {
+    let Some(sc) = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+    else {
+        return Ok(());
+    };
+    check_user_namespace(sc.namespace_options.as_ref(), "pod")?;
+    check_selinux(sc.selinux_options.as_ref(), "pod")?;
+    check_apparmor(sc.apparmor.as_ref(), "", "pod")
 }
 
 pub fn ns_options(config: &cri::PodSandboxConfig) -> cri::NamespaceOption {
@@ -230,6 +248,7 @@ pub fn capability_args(
 
 #[cfg(test)]
 mod tests {
+    use super::super::container_spec::tests::refusal;
     use super::*;
 
     #[test]
@@ -241,12 +260,28 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(cgroup_parent(&pod("")).ok().as_deref(), Some(CGROUP_PARENT));
         assert_eq!(
-            cgroup_parent(&pod("/kubepods/burstable/pod1"))
+            cgroup_parent(&pod(""), "sycri").ok().as_deref(),
+            Some("sycri")
+        );
+        assert_eq!(
+            cgroup_parent(&cri::PodSandboxConfig::default(), "sycri-t1")
+                .ok()
+                .as_deref(),
+            Some("sycri-t1")
+        );
+        assert_eq!(
+            cgroup_parent(&pod("/kubepods/burstable/pod1"), "sycri")
                 .ok()
                 .as_deref(),
             Some("kubepods/burstable/pod1")
+        );
+        // Beside a configured group of another name is fine.
+        assert_eq!(
+            cgroup_parent(&pod("/sycri/pod1"), "sycri-t1")
+                .ok()
+                .as_deref(),
+            Some("sycri/pod1")
         );
         for bad in [
             "/kubepods/../../etc",
@@ -257,9 +292,103 @@ mod tests {
             "sycri",
         ] {
             assert!(
-                matches!(cgroup_parent(&pod(bad)), Err(Error::InvalidArgument(_))),
+                matches!(
+                    cgroup_parent(&pod(bad), "sycri"),
+                    Err(Error::InvalidArgument(_))
+                ),
                 "{bad}"
             );
+        }
+        assert!(matches!(
+            cgroup_parent(&pod("/sycri-t1/x"), "sycri-t1"),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+
+    fn pod_with(sc: cri::LinuxSandboxSecurityContext) -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig {
+            linux: Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(sc),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn what_the_kubelet_always_sends_is_accepted() {
+        use cri::security_profile::ProfileType;
+        // A pod as the kubelet sends it: the node's user namespace, a
+        // pod-level seccomp profile, run_as_user and groups, privileged.
+        let sc = cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                userns_options: Some(cri::UserNamespace {
+                    mode: cri::NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            seccomp: Some(cri::SecurityProfile {
+                profile_type: ProfileType::RuntimeDefault as i32,
+                ..Default::default()
+            }),
+            run_as_user: Some(cri::Int64Value { value: 1000 }),
+            supplemental_groups: vec![2000],
+            privileged: true,
+            selinux_options: Some(cri::SeLinuxOption::default()),
+            apparmor: Some(cri::SecurityProfile {
+                profile_type: ProfileType::Unconfined as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(refusal(check_security(&pod_with(sc))).0, "accepted");
+        assert!(check_security(&cri::PodSandboxConfig::default()).is_ok());
+    }
+
+    #[test]
+    fn pod_security_sycri_cannot_apply_is_refused() {
+        use cri::security_profile::ProfileType;
+        // The checks are container_spec's (tested there case by case); at
+        // pod level each one runs and says it is the pod's.
+        let userns = pod_with(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                userns_options: Some(cri::UserNamespace {
+                    mode: cri::NamespaceMode::Pod as i32,
+                    uids: vec![cri::IdMapping {
+                        host_id: 100000,
+                        container_id: 0,
+                        length: 65536,
+                    }],
+                    gids: Vec::new(),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let selinux = pod_with(cri::LinuxSandboxSecurityContext {
+            selinux_options: Some(cri::SeLinuxOption {
+                r#type: "spc_t".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let apparmor = pod_with(cri::LinuxSandboxSecurityContext {
+            apparmor: Some(cri::SecurityProfile {
+                profile_type: ProfileType::Localhost as i32,
+                localhost_ref: "my-profile".into(),
+            }),
+            ..Default::default()
+        });
+        for (pod, field) in [
+            (userns, "userns_options"),
+            (selinux, "selinux_options"),
+            (apparmor, "my-profile"),
+        ] {
+            let (got, msg) = refusal(check_security(&pod));
+            assert_eq!(got, "FailedPrecondition", "{pod:?}: {msg}");
+            assert!(msg.contains(field), "{msg:?} names {field}");
+            assert!(msg.contains("pod's"), "{msg:?} says it is the pod's");
         }
     }
 

@@ -61,7 +61,8 @@ impl Runtime {
         }
         // Its containers' cgroups go there: refuse a bad one now, not at
         // the first CreateContainer.
-        cgroup_parent(&config)?;
+        self.cgroup_parent(&config)?;
+        pod_spec::check_security(&config)?;
         if !req.runtime_handler.is_empty()
             && !self.cfg.runtime_handlers.contains(&req.runtime_handler)
         {
@@ -107,6 +108,12 @@ impl Runtime {
                 Err(e)
             }
         }
+    }
+
+    /// Where the containers of a pod with `config` get their cgroups: its
+    /// own cgroup parent, else the server's (config `cgroup_parent`).
+    pub(super) fn cgroup_parent(&self, config: &cri::PodSandboxConfig) -> Result<String> {
+        cgroup_parent(config, self.cfg.cgroup_parent_path())
     }
 
     async fn create_pod(
@@ -255,8 +262,13 @@ impl Runtime {
         };
         let id = pod.meta.id.clone();
         let _op = pod.exclusive_op().await;
-        for cid in self.containers_of(&id) {
-            self.stop_container(&cid, 0).await?;
+        // All at once, each given pod_stop_timeout_secs after its stop
+        // signal (0, the default: killed at once, as containerd does).
+        let grace = i64::try_from(self.cfg.pod_stop_timeout_secs).unwrap_or(i64::MAX);
+        let cids = self.containers_of(&id);
+        let stops = cids.iter().map(|cid| self.stop_container(cid, grace));
+        for r in futures_util::future::join_all(stops).await {
+            r?;
         }
         self.teardown_network(&pod.meta.dir).await?;
         let m = &pod.meta;

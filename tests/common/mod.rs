@@ -1,13 +1,13 @@
 //! Test harness: starts the real `sycri` binary on a private socket and private
-//! directories, connects a tonic client over the unix socket, and audits what
-//! is left behind (mounts, loop devices, processes).
+//! directories (and a cgroup parent of its own), connects a tonic client over
+//! the unix socket, and audits what is left behind (mounts, loop devices,
+//! processes, cgroups in every hierarchy).
 
 #![allow(dead_code)]
 
 pub mod oci;
 pub mod spdy;
 
-use std::collections::HashSet;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -34,18 +34,11 @@ fn start_reaper() {
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         std::thread::spawn(|| loop {
             let me = std::process::id();
-            let tracked: HashSet<u32> = SERVER_PIDS
-                .lock()
-                .map(|v| v.iter().copied().collect())
-                .unwrap_or_default();
             if let Ok(rd) = std::fs::read_dir("/proc") {
                 for e in rd.flatten() {
                     let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
                         continue;
                     };
-                    if tracked.contains(&pid) {
-                        continue;
-                    }
                     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
                         continue;
                     };
@@ -56,6 +49,15 @@ fn start_reaper() {
                     if f.first() == Some(&"Z")
                         && f.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(me)
                     {
+                        // Checked and reaped under the lock that spawn_kept()
+                        // holds from spawn to tracking: a child the test
+                        // waits for itself is never taken from it.
+                        let Ok(tracked) = SERVER_PIDS.lock() else {
+                            continue;
+                        };
+                        if tracked.contains(&pid) {
+                            continue;
+                        }
                         let mut st = 0;
                         // SAFETY: waitpid on a zombie child of ours, status into a local.
                         unsafe { libc::waitpid(pid as i32, &mut st, libc::WNOHANG) };
@@ -115,6 +117,11 @@ impl Server {
 
     pub fn log_dir(&self) -> PathBuf {
         self.dir.path().join("logs")
+    }
+
+    /// The server's own cgroup group (config `cgroup_parent`).
+    pub fn cgroup_parent(&self) -> String {
+        cgroup_parent_of(self.dir.path())
     }
 
     /// Starts sycri on fresh directories.
@@ -205,15 +212,32 @@ impl Drop for Server {
         for m in mounts_under(self.dir.path()) {
             let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
         }
+        let left = cgroups_under(&self.cgroup_parent());
+        if !left.is_empty() {
+            eprintln!("harness: removing the cgroups the test left: {left:?}");
+        }
+        remove_cgroup_parent(&self.cgroup_parent());
     }
 }
 
 /// A child the test waits for itself (a server it started by hand): the
-/// harness's reaper must leave its exit to the test.
+/// harness's reaper must leave its exit to the test. A child that may end at
+/// once must be started with [`spawn_kept`] instead, or the reaper may take
+/// its exit before this is called.
 pub fn keep_child(pid: u32) {
     if let Ok(mut v) = SERVER_PIDS.lock() {
         v.push(pid);
     }
+}
+
+/// Spawns `cmd` as a child the test waits for itself (then [`untrack`]s):
+/// tracked from the moment it exists, so the harness's reaper never takes
+/// its exit, however soon it ends.
+pub fn spawn_kept(cmd: &mut Command) -> std::io::Result<Child> {
+    let mut tracked = SERVER_PIDS.lock().unwrap_or_else(|e| e.into_inner());
+    let child = cmd.spawn()?;
+    tracked.push(child.id());
+    Ok(child)
 }
 
 /// The test is done with a child it kept.
@@ -237,6 +261,10 @@ async fn spawn(dir: &Path) -> (Child, Rt, Img) {
 /// harness's flags put the store, run directory and CNI config (an empty
 /// directory: loopback only, never the host's /etc/cni/net.d) under `dir`;
 /// without, the config file must name them (and the socket).
+///
+/// Unless the config names one, the server's cgroup parent is
+/// [`cgroup_parent_of`] `dir`: its containers' cgroups are its own, which
+/// the audit can tell from other servers' on the machine.
 ///
 /// $SYCRI_TEST_ENGINE (scripts/test.sh sets it to the static engine that
 /// scripts/start-server.sh installs) is the helper binary unless the config
@@ -264,28 +292,36 @@ pub async fn launch(dir: &Path, config: &Path, dir_flags: bool) -> (Child, Rt, I
             .arg(dir.join("cni"));
     }
     let configured = std::fs::read_to_string(config).unwrap_or_default();
+    if !configured.contains("cgroup_parent") {
+        cmd.arg("--cgroup-parent").arg(cgroup_parent_of(dir));
+    }
     if let Some(engine) = std::env::var_os("SYCRI_TEST_ENGINE") {
         if !configured.contains("engine_binary") {
             cmd.arg("--engine-binary").arg(engine);
         }
     }
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("dup"))
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .expect("start sycri");
-    if let Ok(mut v) = SERVER_PIDS.lock() {
-        v.push(child.id());
-    }
+    let mut child = spawn_kept(
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .process_group(0),
+    )
+    .expect("start sycri");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !sock.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "sycri did not create its socket; log:\n{}",
-            server_log(dir)
-        );
+        let exited = child.try_wait().ok().flatten();
+        if exited.is_some() || Instant::now() > deadline {
+            // No Server owns it yet to clean up: what it made goes now.
+            let _ = child.kill();
+            let _ = child.wait();
+            untrack(child.id());
+            remove_cgroup_parent(&cgroup_parent_of(dir));
+            panic!(
+                "sycri did not create its socket ({}); log:\n{}",
+                exited.map_or("still running".to_string(), |st| st.to_string()),
+                server_log(dir)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let channel = connect(&sock).await;
@@ -390,21 +426,98 @@ pub fn pid_alive(pid: i32) -> bool {
     }
 }
 
+/// The cgroup group the harness gives the server on `dir` (config
+/// `cgroup_parent`): one per server, so that what it leaves is its own.
+pub fn cgroup_parent_of(dir: &Path) -> String {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("sycri-test-{name}")
+}
+
+/// Every cgroup hierarchy's mount point: v2 and each v1 hierarchy (every
+/// controller's, named ones too), from /proc/self/mountinfo.
+pub fn cgroup_hierarchies() -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut v: Vec<PathBuf> = sycri_native::mounts::parse_mountinfo(&info)
+        .into_iter()
+        .filter(|m| m.fs_type == "cgroup" || m.fs_type == "cgroup2")
+        .map(|m| m.mount_point)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The cgroups below group `parent` in every hierarchy, deepest first.
+pub fn cgroups_under(parent: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&e.path(), out);
+                out.push(e.path());
+            }
+        }
+    }
+    let mut v = Vec::new();
+    for h in cgroup_hierarchies() {
+        walk(&h.join(parent), &mut v);
+    }
+    v
+}
+
+/// Ends every process in the group `parent` and removes it, below and
+/// itself, in every hierarchy (best effort: the cleanup after a test).
+pub fn remove_cgroup_parent(parent: &str) {
+    if parent.is_empty() || parent.split('/').any(|s| s.is_empty() || s == "..") {
+        return;
+    }
+    let mut dirs = cgroups_under(parent);
+    dirs.extend(cgroup_hierarchies().into_iter().map(|h| h.join(parent)));
+    let dirs: Vec<PathBuf> = dirs.into_iter().filter(|d| d.is_dir()).collect();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for d in &dirs {
+        loop {
+            let pids = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+            for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: kill(2) with integer arguments.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            if std::fs::remove_dir(d).is_ok() || !d.exists() || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 /// Asserts that nothing of the server on `dir` remains but the server itself:
-/// no mount, no loop device over its files, no helper process, none of `pids`.
+/// no mount, no loop device over its files, no helper process, none of
+/// `pids`, no cgroup below its cgroup parent in any hierarchy.
 pub fn assert_no_leaks(dir: &Path, pids: &[i32]) {
     let deadline = Instant::now() + Duration::from_secs(5);
+    let parent = cgroup_parent_of(dir);
     loop {
         let mounts = mounts_under(dir);
         let loops = loops_under(dir);
         let procs = processes_under(dir);
         let live: Vec<i32> = pids.iter().copied().filter(|p| pid_alive(*p)).collect();
-        if mounts.is_empty() && loops.is_empty() && procs.is_empty() && live.is_empty() {
+        let cgroups = cgroups_under(&parent);
+        if mounts.is_empty()
+            && loops.is_empty()
+            && procs.is_empty()
+            && live.is_empty()
+            && cgroups.is_empty()
+        {
             return;
         }
         if Instant::now() > deadline {
             panic!(
-                "leaks under {}:\n mounts {mounts:?}\n loop devices {loops:?}\n processes {procs:?}\n container pids still alive {live:?}",
+                "leaks under {}:\n mounts {mounts:?}\n loop devices {loops:?}\n processes {procs:?}\n container pids still alive {live:?}\n cgroups {cgroups:?}",
                 dir.display()
             );
         }
@@ -794,7 +907,8 @@ pub fn pids_in_ns(ns: &Path) -> Vec<i32> {
 
 /// What is left under the server's directory besides the pods in `pods` (their
 /// pinned namespaces, shm and init) and the mounts in `allowed`: stray mounts,
-/// loop devices and helper processes, described for a failure message.
+/// loop devices, helper processes and cgroups of containers that are gone,
+/// described for a failure message.
 pub fn leftovers_besides(s: &Server, pods: &[&str], allowed: &[PathBuf]) -> Vec<String> {
     let pod_runs: Vec<PathBuf> = pods
         .iter()
@@ -818,6 +932,18 @@ pub fn leftovers_besides(s: &Server, pods: &[&str], allowed: &[PathBuf]) -> Vec<
     for (pid, cmd) in processes_under(s.dir.path()) {
         if !pod_runs.iter().any(|r| cmd.contains(&*r.to_string_lossy())) {
             v.push(format!("process {pid} {cmd}"));
+        }
+    }
+    // A container's cgroups are named by its id: those of a container the
+    // server no longer keeps are left behind.
+    let kept = dir_entries(&s.storage_dir().join("state").join("containers"));
+    for cg in cgroups_under(&s.cgroup_parent()) {
+        let name = cg
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !kept.contains(&name) {
+            v.push(format!("cgroup {}", cg.display()));
         }
     }
     v
