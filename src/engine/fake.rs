@@ -322,6 +322,27 @@ impl Engine for FakeEngine {
         }
     }
 
+    async fn remove_stray_cgroups(&self, parent: &str, keep: &HashSet<String>) -> usize {
+        let root = Path::new(CGROUP_ROOT).join(parent);
+        let mut s = self.lock();
+        s.calls
+            .push(format!("remove_stray_cgroups {}", root.display()));
+        let stray: Vec<PathBuf> = s
+            .cgroups
+            .iter()
+            .filter(|c| c.parent() == Some(root.as_path()))
+            .filter(|c| {
+                !c.file_name()
+                    .is_some_and(|n| keep.contains(&*n.to_string_lossy()))
+            })
+            .cloned()
+            .collect();
+        for c in &stray {
+            s.cgroups.remove(c);
+        }
+        stray.len()
+    }
+
     async fn prepare_cgroup_parent(&self, parent: &str) -> Result<()> {
         self.enter("prepare_cgroup_parent", parent)
     }

@@ -9,6 +9,7 @@ use super::process::{self, ExitCode, Group, PidFd, ProcId, Reaper};
 use super::{Engine, ExecOutput, ExecProcess, ExecRequest, Spawned, Usage, MAX_EXEC_OUTPUT};
 use crate::error::{Error, Result};
 use crate::util::{blocking, random_hex};
+use std::collections::HashSet;
 use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
@@ -246,6 +247,38 @@ impl Engine for LinuxEngine {
 
     fn cgroups_for(&self, parent: &str, name: &str) -> Cgroups {
         self.cgroups.cgroups(parent, name)
+    }
+
+    async fn remove_stray_cgroups(&self, parent: &str, keep: &HashSet<String>) -> usize {
+        let dirs: Vec<PathBuf> = self
+            .cgroups
+            .v2
+            .iter()
+            .chain(self.cgroups.v1.iter().map(|(_, d)| d))
+            .map(|root| root.join(parent))
+            .collect();
+        let keep = keep.clone();
+        blocking(move || {
+            let mut n = 0;
+            for dir in dirs {
+                let Ok(rd) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                for e in rd.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let container = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+                    if container && !keep.contains(&name) && e.path().is_dir() {
+                        match sycri_native::cgroup::remove(&e.path()) {
+                            Ok(()) => n += 1,
+                            Err(err) => tracing::warn!(cgroup = %e.path().display(), error = %err, "removing a stray cgroup"),
+                        }
+                    }
+                }
+            }
+            Ok(n)
+        })
+        .await
+        .unwrap_or(0)
     }
 
     async fn prepare_cgroup_parent(&self, parent: &str) -> Result<()> {

@@ -22,6 +22,7 @@ pub use portforward::PortForwarder;
 pub use process::{ExitCode, ProcId, Reaper};
 
 use crate::error::Result;
+use std::collections::HashSet;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -128,6 +129,10 @@ pub trait Engine: Send + Sync + 'static {
     async fn kill_cgroups(&self, cg: &Cgroups) -> Result<()>;
     /// Removes the (empty) cgroups. Idempotent.
     async fn remove_cgroups(&self, cg: &Cgroups) -> Result<()>;
+    /// Removes the container cgroups under `parent` (64-hex names) that are
+    /// not in `keep`, in every hierarchy: what a crash or an unreadable
+    /// record left. How many.
+    async fn remove_stray_cgroups(&self, parent: &str, keep: &HashSet<String>) -> usize;
     /// Usage of the cgroups and of the writable layer at `upper`.
     async fn usage(&self, cg: &Cgroups, upper: &Path) -> Usage;
 

@@ -114,6 +114,20 @@ impl Runtime {
     /// refuses a bad request before anything is made.
     fn plan(&self, pod: &Pod, config: cri::ContainerConfig, image: ImageRecord) -> Result<Plan> {
         let sc = spec::security_context(&config);
+        let pod_privileged = pod
+            .meta
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .is_some_and(|s| s.privileged);
+        if sc.privileged && !pod_privileged {
+            // As containerd: a privileged container needs a privileged pod
+            // (the kubelet checks it too; a hand-made request may not).
+            return Err(Error::InvalidArgument(
+                "a privileged container needs a privileged pod sandbox".into(),
+            ));
+        }
         let (limits, oom_score_adj) = spec::resources(&config)?;
         let capabilities = if sc.privileged {
             Vec::new()

@@ -89,6 +89,19 @@ impl Runtime {
             }
         }
         self.release_unused_image_mounts().await;
+        let known: std::collections::HashSet<String> = self
+            .containers
+            .list()
+            .iter()
+            .map(|c| c.meta.id.clone())
+            .collect();
+        let stray = self
+            .engine
+            .remove_stray_cgroups(self.cfg.cgroup_parent_path(), &known)
+            .await;
+        if stray > 0 {
+            tracing::info!(stray, "removed container cgroups no record names");
+        }
         tracing::info!(
             pods = self.pods.len(),
             containers = self.containers.len(),

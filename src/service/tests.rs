@@ -749,3 +749,54 @@ async fn removals_cut_short_by_a_kill_are_finished_by_the_next_server() {
     .await;
     env.assert_empty();
 }
+
+#[tokio::test]
+async fn cgroups_no_record_names_are_removed_at_start() {
+    let Some(mut env) = Env::new("cgroups_no_record_names_are_removed_at_start").await else {
+        return;
+    };
+    let pod = env.pod("web").await;
+    let keep = env.container(&pod, "keep", &["sleep", "1000"]).await;
+    let lost = env.container(&pod, "lost", &["sleep", "1000"]).await;
+    assert_eq!(env.engine.cgroups().len(), 2);
+    // Its record is gone (as if the disk lost it): only its cgroup is left.
+    std::fs::remove_file(
+        env.dir
+            .path()
+            .join("store/state/containers")
+            .join(&lost)
+            .join("container.json"),
+    )
+    .expect("remove record");
+    env.restart().await;
+    let left = env.engine.cgroups();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].ends_with(&keep));
+    assert_eq!(env.rt.list_containers().len(), 1);
+    env.rt.remove_pod(&pod).await.expect("remove pod");
+    env.assert_empty();
+}
+
+#[tokio::test]
+async fn a_privileged_container_needs_a_privileged_pod() {
+    let Some(env) = Env::new("a_privileged_container_needs_a_privileged_pod").await else {
+        return;
+    };
+    let pod = env.pod("web").await;
+    let mut req = env.container_request(&pod, "root", &["true"]);
+    if let Some(c) = req.config.as_mut() {
+        c.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                privileged: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    assert!(matches!(
+        env.rt.create_container(req).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    env.rt.remove_pod(&pod).await.expect("remove pod");
+    env.assert_empty();
+}
