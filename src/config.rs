@@ -76,6 +76,10 @@ pub struct Config {
     pub image_pull_progress_timeout: DurationText,
     /// Layers of one image downloaded at once.
     pub max_concurrent_downloads: usize,
+    /// How long an image's root filesystem stays mounted after its last
+    /// container is removed, for the next one to start warm (`"10m"`;
+    /// `"0"`: released at once). RemoveImage releases it at once.
+    pub image_unmount_delay: DurationText,
 }
 
 /// See [`Config::image_compression`].
@@ -194,6 +198,7 @@ impl Default for Config {
             image_compression_level: None,
             image_pull_progress_timeout: DurationText(std::time::Duration::from_secs(300)),
             max_concurrent_downloads: 3,
+            image_unmount_delay: DurationText(std::time::Duration::from_secs(600)),
         }
     }
 }

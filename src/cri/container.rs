@@ -33,7 +33,7 @@ pub async fn stop(
 }
 
 pub async fn remove(
-    rt: &Runtime,
+    rt: &Arc<Runtime>,
     req: cri::RemoveContainerRequest,
 ) -> Result<cri::RemoveContainerResponse> {
     rt.remove_container(&req.container_id).await?;

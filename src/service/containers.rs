@@ -89,10 +89,12 @@ impl Runtime {
             plan.cgroups.clone(),
             plan.image.id.clone(),
         );
+        let pin = self.pin_image(&image_id);
         match self.make_container(&pod, plan).await {
             Ok(c) => {
                 let c = Arc::new(c);
                 self.containers.insert(c.clone());
+                drop(pin);
                 self.watch(c);
                 tracing::info!(container = %id, pod = %pod.meta.id, "container created");
                 Ok(id)
@@ -104,6 +106,7 @@ impl Runtime {
                 }
                 let _ = record::remove_dir(&self.container_state_dir(&id));
                 let _ = record::remove_dir(&self.container_run_dir(&id));
+                drop(pin);
                 self.release_image_if_unused(&image_id, Some(&id)).await;
                 Err(e)
             }
@@ -482,7 +485,7 @@ impl Runtime {
         }
     }
 
-    pub async fn remove_container(&self, id: &str) -> Result<()> {
+    pub async fn remove_container(self: &Arc<Self>, id: &str) -> Result<()> {
         let Some(c) = self.containers.find(id) else {
             return Ok(());
         };

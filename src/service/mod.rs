@@ -48,6 +48,8 @@ pub struct Runtime {
     names: NameIndex,
     /// Serializes mounting and releasing images' root filesystems.
     image_mounts: tokio::sync::Mutex<()>,
+    /// Images pinned by creations in flight, and their scheduled releases.
+    image_use: std::sync::Mutex<images::ImageUse>,
     engine: Arc<dyn Engine>,
     /// Pod networking: CNI configs and plugins (run through `reaper`).
     cni: Cni,
@@ -97,6 +99,7 @@ impl Runtime {
             containers: Store::new("container"),
             names: NameIndex::default(),
             image_mounts: tokio::sync::Mutex::new(()),
+            image_use: Default::default(),
             engine,
             cni,
             reaper,

@@ -9,8 +9,9 @@
 //! creation found half made is undone (its helper processes found by the
 //! spec file they run on, since their pids may never have been recorded); a
 //! start is asked again; a removal is finished. Image mounts no container
-//! uses are released (a crash between a container's removal and its image's
-//! release would otherwise keep them mounted for ever).
+//! uses are adopted and released after the delay (a crash between a
+//! container's removal and its image's release would otherwise keep them
+//! mounted for ever).
 
 use super::Runtime;
 use crate::error::{Error, Result};
@@ -216,19 +217,26 @@ impl Runtime {
         }
     }
 
-    /// Unmounts the root filesystems of images no container uses.
-    async fn release_unused_image_mounts(&self) {
+    /// Adopts the image mounts an earlier server left: those no container
+    /// uses are released after `image_unmount_delay` as if their last
+    /// container had just gone; those of images no longer in the store
+    /// (removed while no server ran) at once.
+    async fn release_unused_image_mounts(self: &Arc<Self>) {
         let used: std::collections::HashSet<String> = self
             .containers
             .list()
             .iter()
             .map(|c| c.meta.image_id.trim_start_matches("sha256:").to_string())
             .collect();
-        let _g = self.image_mounts.lock().await;
         for (hex, dir) in self.images.mount_dirs() {
             if used.contains(&hex) {
                 continue;
             }
+            if let Some(rec) = self.images.get(&format!("sha256:{hex}")) {
+                self.release_image_if_unused(&rec.id, None).await;
+                continue;
+            }
+            let _g = self.image_mounts.lock().await;
             match self.engine.unmount(&dir.join("rootfs")).await {
                 Ok(()) => {
                     let _ = std::fs::remove_dir_all(&dir);

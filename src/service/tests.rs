@@ -38,23 +38,33 @@ struct Env {
 }
 
 impl Env {
+    /// The test config: an image is released as its last container goes.
     fn config(dir: &Path) -> Config {
+        Env::config_with(dir, Duration::ZERO)
+    }
+
+    fn config_with(dir: &Path, image_unmount_delay: Duration) -> Config {
         let cni = dir.join("cni");
         let _ = std::fs::create_dir_all(&cni);
         Config {
             storage_dir: dir.join("store"),
             run_dir: dir.join("run"),
             cni_conf_dir: cni,
+            image_unmount_delay: crate::config::DurationText(image_unmount_delay),
             ..Config::default()
         }
     }
 
     async fn new(test: &str) -> Option<Env> {
+        Env::with_unmount_delay(test, Duration::ZERO).await
+    }
+
+    async fn with_unmount_delay(test: &str, delay: Duration) -> Option<Env> {
         let sif = fixture(test)?;
         let dir = tempfile::tempdir().expect("tempdir");
         let engine = Arc::new(FakeEngine::default());
         let rt = Runtime::open(
-            Env::config(dir.path()),
+            Env::config_with(dir.path(), delay),
             engine.clone(),
             Reaper::default(),
             None,
@@ -798,5 +808,74 @@ async fn a_privileged_container_needs_a_privileged_pod() {
         Err(Error::InvalidArgument(_))
     ));
     env.rt.remove_pod(&pod).await.expect("remove pod");
+    env.assert_empty();
+}
+
+/// An image stays mounted for `image_unmount_delay` after its last
+/// container goes, a container made in that time uses the mount as it is,
+/// and the mount goes once the delay has passed without a user; a restarted
+/// server adopts such a mount, and RemoveImage releases it at once.
+#[tokio::test]
+async fn an_unused_image_is_released_after_the_delay() {
+    let delay = Duration::from_secs(2);
+    let test = "an_unused_image_is_released_after_the_delay";
+    let Some(env) = Env::with_unmount_delay(test, delay).await else {
+        return;
+    };
+    let unmounts = |env: &Env| {
+        env.engine
+            .methods()
+            .iter()
+            .filter(|m| *m == "unmount")
+            .count()
+    };
+    let image_mounts = |env: &Env| {
+        let images = env.dir.path().join("run/images");
+        env.engine
+            .mounts()
+            .into_iter()
+            .filter(|m| m.starts_with(&images))
+            .count()
+    };
+    let pod = env.pod("web").await;
+    let a = env.container(&pod, "a", &["sleep", "1000"]).await;
+    env.rt.remove_container(&a).await.expect("remove a");
+    assert_eq!(image_mounts(&env), 1, "released before the delay");
+    // Within the delay a new container takes the mount over: the release
+    // scheduled by the first removal must not take it from under it.
+    let b = env.container(&pod, "b", &["sleep", "1000"]).await;
+    tokio::time::sleep(delay + Duration::from_millis(500)).await;
+    assert_eq!(image_mounts(&env), 1, "released while in use");
+    assert_eq!(unmounts(&env), 0);
+    env.rt.remove_container(&b).await.expect("remove b");
+    let deadline = std::time::Instant::now() + delay * 5;
+    while image_mounts(&env) > 0 {
+        assert!(std::time::Instant::now() < deadline, "never released");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(unmounts(&env), 1);
+    env.rt.stop_pod(&pod).await.expect("stop pod");
+    env.rt.remove_pod(&pod).await.expect("remove pod");
+    env.assert_empty();
+
+    // A mount an earlier server left with no container: adopted, then
+    // released at once by RemoveImage.
+    let pod = env.pod("web2").await;
+    let c = env.container(&pod, "c", &["sleep", "1000"]).await;
+    env.rt.remove_container(&c).await.expect("remove c");
+    let mut env = env;
+    env.rt = Runtime::open(
+        Env::config_with(env.dir.path(), delay),
+        env.engine.clone(),
+        Reaper::default(),
+        None,
+    )
+    .await
+    .expect("reopen");
+    assert_eq!(image_mounts(&env), 1, "an adopted mount released at once");
+    env.rt.stop_pod(&pod).await.expect("stop pod");
+    env.rt.remove_pod(&pod).await.expect("remove pod");
+    env.rt.remove_image(&env.image).await.expect("remove image");
+    assert_eq!(image_mounts(&env), 0, "RemoveImage left the mount");
     env.assert_empty();
 }
