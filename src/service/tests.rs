@@ -23,8 +23,9 @@ fn fixture(test: &str) -> Option<PathBuf> {
     if f.exists() {
         Some(f)
     } else {
-        eprintln!(
-            "SKIPPED {test}: SIF fixtures not found (set SYCRI_FIXTURES or provide ../shared)"
+        sycri_native::testing::skip(
+            test,
+            "SIF fixtures not found (set SYCRI_FIXTURES or provide ../shared)",
         );
         None
     }
