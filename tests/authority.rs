@@ -239,8 +239,9 @@ async fn grpcio_client_is_served() {
         .status()
         .is_ok_and(|s| s.success());
     if !has_grpcio {
-        eprintln!(
-            "SKIPPED grpcio_client_is_served: {python} cannot import grpc (pip install grpcio)"
+        sycri_native::testing::skip(
+            "grpcio_client_is_served",
+            &format!("{python} cannot import grpc (pip install grpcio)"),
         );
         return;
     }

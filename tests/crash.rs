@@ -76,11 +76,7 @@ fn assert_dirs_empty(s: &Server, what: &str) {
 
 #[tokio::test]
 async fn a_kill_at_any_moment_of_an_operation_leaves_nothing_behind() {
-    if !is_root() {
-        eprintln!("SKIPPED a_kill_at_any_moment_of_an_operation_leaves_nothing_behind: needs root");
-        return;
-    }
-    let Some(sif) = busybox_sif("a_kill_at_any_moment_of_an_operation_leaves_nothing_behind")
+    let Some(sif) = root_busybox_sif("a_kill_at_any_moment_of_an_operation_leaves_nothing_behind")
     else {
         return;
     };
@@ -157,11 +153,7 @@ async fn a_kill_at_any_moment_of_an_operation_leaves_nothing_behind() {
 
 #[tokio::test]
 async fn an_image_is_mounted_once_whatever_the_restarts() {
-    if !is_root() {
-        eprintln!("SKIPPED an_image_is_mounted_once_whatever_the_restarts: needs root");
-        return;
-    }
-    let Some(sif) = busybox_sif("an_image_is_mounted_once_whatever_the_restarts") else {
+    let Some(sif) = root_busybox_sif("an_image_is_mounted_once_whatever_the_restarts") else {
         return;
     };
     // The run directory is reached through a symlink, as /var/run is /run.

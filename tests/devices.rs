@@ -10,11 +10,7 @@ use sycri::proto::cri;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn made_device_nodes_cannot_be_opened() {
-    if !is_root() {
-        eprintln!("SKIPPED made_device_nodes_cannot_be_opened: needs root");
-        return;
-    }
-    let Some(sif) = busybox_sif("made_device_nodes_cannot_be_opened") else {
+    let Some(sif) = root_busybox_sif("made_device_nodes_cannot_be_opened") else {
         return;
     };
     let mut s = Server::start().await;

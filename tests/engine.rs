@@ -82,11 +82,7 @@ fn engine_from_another_build_is_refused() {
 
 #[tokio::test]
 async fn configured_engine_runs_every_helper() {
-    if !is_root() {
-        eprintln!("SKIPPED configured_engine_runs_every_helper: needs root");
-        return;
-    }
-    let Some(sif) = busybox_sif("configured_engine_runs_every_helper") else {
+    let Some(sif) = root_busybox_sif("configured_engine_runs_every_helper") else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");

@@ -88,11 +88,7 @@ async fn exec_true(rt: &mut Rt, id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_reach_no_host_file_through_our_processes() {
-    if !is_root() {
-        eprintln!("SKIPPED containers_reach_no_host_file_through_our_processes: needs root");
-        return;
-    }
-    let Some(sif) = busybox_sif("containers_reach_no_host_file_through_our_processes") else {
+    let Some(sif) = root_busybox_sif("containers_reach_no_host_file_through_our_processes") else {
         return;
     };
     let mut s = Server::start().await;

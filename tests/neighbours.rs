@@ -102,11 +102,7 @@ async fn long_runner(s: &mut Server, image: &str, name: &str) -> (String, String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn neighbours_never_kill_each_others_processes() {
-    if !is_root() {
-        eprintln!("SKIPPED neighbours_never_kill_each_others_processes: needs root");
-        return;
-    }
-    let Some(sif) = busybox_sif("neighbours_never_kill_each_others_processes") else {
+    let Some(sif) = root_busybox_sif("neighbours_never_kill_each_others_processes") else {
         return;
     };
     let mut a = Server::start().await;

@@ -16,15 +16,18 @@ use sycri::proto::cri;
 
 const PLUGIN_DIRS: &[&str] = &["/opt/cni/bin", "/usr/lib/cni"];
 
-/// The CNI plugins the tests need, or None with a SKIPPED line.
+/// The CNI plugins the tests need, or None after reporting `test` skipped.
 fn plugins(test: &str) -> Option<()> {
     let all = ["bridge", "host-local", "portmap"];
     let found = all
         .iter()
         .all(|p| PLUGIN_DIRS.iter().any(|d| Path::new(d).join(p).exists()));
     if !found {
-        eprintln!(
-            "SKIPPED {test}: CNI plugins {all:?} not found in {PLUGIN_DIRS:?} (scripts/setup-cni.sh installs them)"
+        sycri_native::testing::skip(
+            test,
+            &format!(
+                "CNI plugins {all:?} not found in {PLUGIN_DIRS:?} (scripts/setup-cni.sh installs them)"
+            ),
         );
         return None;
     }

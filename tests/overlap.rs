@@ -13,11 +13,7 @@ use sycri::proto::cri;
 
 #[tokio::test]
 async fn reads_answer_while_a_stop_waits_out_its_grace_period() {
-    if !is_root() {
-        eprintln!("SKIPPED reads_answer_while_a_stop_waits_out_its_grace_period: needs root");
-        return;
-    }
-    let Some(sif) = busybox_sif("reads_answer_while_a_stop_waits_out_its_grace_period") else {
+    let Some(sif) = root_busybox_sif("reads_answer_while_a_stop_waits_out_its_grace_period") else {
         return;
     };
     let mut s = Server::start().await;

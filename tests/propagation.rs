@@ -37,11 +37,7 @@ fn detach(p: &Path) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn propagation_modes() {
-    if !is_root() {
-        eprintln!("SKIPPED propagation_modes: needs root");
-        return;
-    }
-    let Some(sif) = busybox_sif("propagation_modes") else {
+    let Some(sif) = root_busybox_sif("propagation_modes") else {
         return;
     };
     let mut s = Server::start().await;

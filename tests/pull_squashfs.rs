@@ -38,11 +38,7 @@ fn set_partition_size(path: &Path, size: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_root_file_system_cut_short_is_refused_at_pull() {
-    if !is_root() {
-        eprintln!("SKIPPED a_root_file_system_cut_short_is_refused_at_pull: needs root");
-        return;
-    }
-    let Some(sif) = busybox_sif("a_root_file_system_cut_short_is_refused_at_pull") else {
+    let Some(sif) = root_busybox_sif("a_root_file_system_cut_short_is_refused_at_pull") else {
         return;
     };
     let mut s = Server::start().await;

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use sycri::proto::cri;
 use sycri_native::cgroup::{layout, Cgroups};
+use sycri_native::testing::skip;
 use tonic::Code;
 
 /// The cgroups sycri gives container `id` of a pod with cgroup parent `parent`.
@@ -58,11 +59,11 @@ async fn setup(
     pod_cfg: impl FnOnce(&Server) -> cri::PodSandboxConfig,
 ) -> Option<(Server, String, cri::PodSandboxConfig, String)> {
     if !is_root() {
-        eprintln!("SKIPPED {test}: needs root");
+        skip(test, "needs root");
         return None;
     }
     if !has_memory_controller() {
-        eprintln!("SKIPPED {test}: this host has no memory cgroup controller");
+        skip(test, "this host has no memory cgroup controller");
         return None;
     }
     let sif = busybox_sif(test)?;

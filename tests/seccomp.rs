@@ -34,11 +34,7 @@ fn profile(t: ProfileType, localhost_ref: &str) -> Option<cri::SecurityProfile> 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn profiles_are_applied() {
-    if !is_root() {
-        eprintln!("SKIPPED profiles_are_applied: needs root");
-        return;
-    }
-    let Some(sif) = busybox_sif("profiles_are_applied") else {
+    let Some(sif) = root_busybox_sif("profiles_are_applied") else {
         return;
     };
     let mut s = Server::start().await;

@@ -20,6 +20,7 @@
 #   --list               the tests and the parts, then exit
 # Env: SYCRI_VM_CACHE (default /var/cache/sycri-vm), SYCRI_FIXTURES,
 #      SYCRI_VM_ACCEL=kvm|tcg, SYCRI_VM_QEMU, SYCRI_VM_MIRROR,
+#      SYCRI_VM_FETCH_TRIES (3), SYCRI_VM_FETCH_BACKOFF (5 s, tripled each try),
 #      SYCRI_SKIP_VM=1 (every part SKIPPED).
 # Ends with `vm-tests total: N passed, N failed, N skipped`; exits 1 when a
 # test failed (a hung or crashed guest fails its tests), 0 otherwise.
@@ -127,11 +128,12 @@ if ! flock -n 9; then
     vm_say "waiting for another vm-tests run to finish (lock $VM_CACHE/.lock)"
     flock 9
 fi
-vm_qemu || skip_all "qemu cannot be had (neither installed nor downloadable from Debian's archive)"
+vm_fetch_clear
+vm_qemu || skip_all "qemu cannot be had (neither installed nor downloadable from Debian's archive): $(vm_fetch_error)"
 qv="$("$VM_QEMU" --version 2>&1 | head -n 1)" || skip_all "qemu does not run here: $qv"
 vm_say "$qv"
 { vm_package bookworm busybox-static && vm_package bookworm containernetworking-plugins; } >/dev/null ||
-    skip_all "busybox-static or containernetworking-plugins cannot be downloaded from Debian's archive"
+    skip_all "busybox-static or containernetworking-plugins cannot be downloaded from Debian's archive: $(vm_fetch_error)"
 lap fetch "$t"
 
 VM_ACCEL="" VM_ACCEL_WHY=""
@@ -140,8 +142,9 @@ for p in "${parts[@]}"; do
     tests="${only:-$tests}"
     limit="${deadline:-$limit}"
     t="$(vm_now)"
+    vm_fetch_clear
     if ! kdir="$(vm_kernel "$kernel")"; then
-        echo "SKIPPED vm-tests $name: the $kernel kernel cannot be downloaded from Debian's archive"
+        echo "SKIPPED vm-tests $name: the $kernel kernel cannot be downloaded from Debian's archive: $(vm_fetch_error)"
         VM_SKIPPED=$((VM_SKIPPED + 1))
         continue
     fi
@@ -156,8 +159,9 @@ for p in "${parts[@]}"; do
         boot=(-kernel "$kdir/kernel" -initrd "$initrd" -append "$append quiet")
         ;;
     systemd)
+        vm_fetch_clear
         if ! base="$(vm_debootstrap)"; then
-            echo "SKIPPED vm-tests $name: debootstrap of bookworm failed (see $VM_CACHE/rootfs/debootstrap.log)"
+            echo "SKIPPED vm-tests $name: debootstrap of bookworm failed: $(vm_fetch_error) (see $VM_CACHE/rootfs/debootstrap.log)"
             VM_SKIPPED=$((VM_SKIPPED + 1))
             continue
         fi

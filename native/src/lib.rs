@@ -19,6 +19,7 @@ pub mod sandbox;
 pub mod seccomp;
 pub mod sif;
 pub mod spec;
+pub mod testing;
 pub mod util;
 
 /// Arguments that select one of the engine's helper modes (`sycri __monitor

@@ -573,7 +573,10 @@ mod tests {
     fn set_fd_fallback_configures_the_device() {
         // SAFETY: geteuid has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } != 0 || !Path::new(LOOP_CONTROL).exists() {
-            eprintln!("skipping: needs root and {LOOP_CONTROL}");
+            crate::testing::skip(
+                "set_fd_fallback_configures_the_device",
+                &format!("needs root and {LOOP_CONTROL}"),
+            );
             return;
         }
         let dir = tempfile::tempdir().expect("tempdir");

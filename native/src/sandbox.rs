@@ -443,7 +443,7 @@ mod init_tests {
     fn the_pod_init_keeps_no_capability() {
         // SAFETY: geteuid has no arguments and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
-            println!("SKIPPED the_pod_init_keeps_no_capability: needs root");
+            crate::testing::skip("the_pod_init_keeps_no_capability", "needs root");
             return;
         }
         let (r, w) = nix::unistd::pipe().expect("pipe");

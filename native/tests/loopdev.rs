@@ -1,5 +1,5 @@
 //! Loop device tests against the real kernel. They need root and /dev/loop-control and
-//! skip themselves (with a note on stderr) otherwise.
+//! report themselves skipped (sycri_native::testing::skip) otherwise.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -10,17 +10,19 @@ use std::time::{Duration, Instant};
 use sycri_native::loopdev::{
     attached_devices, devices_backed_by, LoopDevice, LoopError, LoopOptions,
 };
+use sycri_native::testing::skip;
 
 const MIB: usize = 1 << 20;
 const OFFSET: usize = 64 * 1024;
 const LEN: usize = 4096;
 
-fn can_run() -> bool {
+/// Whether `test` can run here; reports it skipped if not.
+fn can_run(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     let ok = root && Path::new("/dev/loop-control").exists();
     if !ok {
-        eprintln!("skipping: needs root and /dev/loop-control");
+        skip(test, "needs root and /dev/loop-control");
     }
     ok
 }
@@ -109,7 +111,7 @@ fn wait_detached(number: u32, backing: &Path) {
 
 #[test]
 fn read_only_autoclear_window() {
-    if !can_run() {
+    if !can_run("read_only_autoclear_window") {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -165,7 +167,7 @@ fn read_only_autoclear_window() {
 
 #[test]
 fn detach_without_autoclear() {
-    if !can_run() {
+    if !can_run("detach_without_autoclear") {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -207,7 +209,7 @@ fn detach_without_autoclear() {
 
 #[test]
 fn detach_method_detaches() {
-    if !can_run() {
+    if !can_run("detach_method_detaches") {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -221,7 +223,7 @@ fn detach_method_detaches() {
 
 #[test]
 fn direct_io_attach_reads_back() {
-    if !can_run() {
+    if !can_run("direct_io_attach_reads_back") {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -244,7 +246,7 @@ fn direct_io_attach_reads_back() {
 
 #[test]
 fn concurrent_attaches_get_distinct_devices() {
-    if !can_run() {
+    if !can_run("concurrent_attaches_get_distinct_devices") {
         return;
     }
     const THREADS: usize = 8;
@@ -302,7 +304,7 @@ fn concurrent_attaches_get_distinct_devices() {
 
 #[test]
 fn deleted_backing_file_is_still_found() {
-    if !can_run() {
+    if !can_run("deleted_backing_file_is_still_found") {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -326,7 +328,7 @@ fn missing_backing_file_is_a_typed_error() {
 /// device; unmounting detaches it. Needs mkfs.ext4 (skipped without it).
 #[test]
 fn autoclear_device_lives_while_mounted() {
-    if !can_run() {
+    if !can_run("autoclear_device_lives_while_mounted") {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -338,8 +340,19 @@ fn autoclear_device_lives_while_mounted() {
         .args(["-q", "-F"])
         .arg(&image)
         .output();
-    if !matches!(&mkfs, Ok(out) if out.status.success()) {
-        eprintln!("skipping: mkfs.ext4 unavailable or failed");
+    let why = match &mkfs {
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(format!(
+            "mkfs.ext4 failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Some(format!(
+            "mkfs.ext4 cannot run ({e}): apt-get install -y e2fsprogs"
+        )),
+    };
+    if let Some(why) = why {
+        skip("autoclear_device_lives_while_mounted", &why);
         return;
     }
     let target = dir.path().join("mnt");

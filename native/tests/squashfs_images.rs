@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 
 use sycri_native::sif::squashfs::{Compression, SquashfsError};
 use sycri_native::sif::{check_squashfs, SifBuilder, SifError, SifImage, DESCRIPTOR_SIZE};
+use sycri_native::testing::{skip, skip_part};
 
 fn fixtures_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("SYCRI_FIXTURES")
@@ -118,7 +119,10 @@ fn check_and_cut(path: &Path, what: &str) -> sycri_native::sif::squashfs::Superb
 #[test]
 fn fixture_root_file_systems_pass_and_fail_when_cut() {
     let Some(dir) = fixtures_dir() else {
-        eprintln!("SKIPPED fixture_root_file_systems_pass_and_fail_when_cut: no fixtures");
+        skip(
+            "fixture_root_file_systems_pass_and_fail_when_cut",
+            "SIF fixtures not found (set SYCRI_FIXTURES or provide ../shared)",
+        );
         return;
     };
     let work = tempfile::tempdir().expect("tempdir");
@@ -133,7 +137,10 @@ fn fixture_root_file_systems_pass_and_fail_when_cut() {
 #[test]
 fn mksquashfs_images_pass_with_every_layout() {
     if !have("mksquashfs") {
-        eprintln!("SKIPPED mksquashfs_images_pass_with_every_layout: no mksquashfs");
+        skip(
+            "mksquashfs_images_pass_with_every_layout",
+            "mksquashfs not found (apt-get install -y squashfs-tools)",
+        );
         return;
     }
     let work = tempfile::tempdir().expect("tempdir");
@@ -166,7 +173,11 @@ fn mksquashfs_images_pass_with_every_layout() {
             .expect("mksquashfs");
         if !st.success() {
             // A compressor this build of mksquashfs lacks.
-            eprintln!("mksquashfs {name}: not available here ({st})");
+            skip_part(
+                "mksquashfs_images_pass_with_every_layout",
+                &format!("the {name} layout"),
+                &format!("this mksquashfs cannot make it ({st})"),
+            );
             continue;
         }
         let sif = work.path().join(format!("{name}.sif"));
@@ -193,7 +204,10 @@ fn mksquashfs_images_pass_with_every_layout() {
 #[test]
 fn tar2sqfs_images_pass() {
     if !have("tar2sqfs") || !have("tar") {
-        eprintln!("SKIPPED tar2sqfs_images_pass: no tar2sqfs or tar");
+        skip(
+            "tar2sqfs_images_pass",
+            "tar2sqfs or tar not found (apt-get install -y squashfs-tools-ng tar)",
+        );
         return;
     }
     let work = tempfile::tempdir().expect("tempdir");
@@ -223,7 +237,11 @@ fn tar2sqfs_images_pass() {
             .expect("tar2sqfs");
         assert!(tar.wait().expect("wait tar").success(), "tar");
         if !st.success() {
-            eprintln!("tar2sqfs {name}: not available here ({st})");
+            skip_part(
+                "tar2sqfs_images_pass",
+                &format!("the {name} layout"),
+                &format!("this tar2sqfs cannot make it ({st})"),
+            );
             continue;
         }
         let sif = work.path().join(format!("{name}.sif"));

@@ -11,6 +11,7 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::process::{Command, Stdio};
+use sycri_native::testing::{skip, skip_part};
 
 const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
@@ -169,7 +170,7 @@ impl Fixture {
     }
 }
 
-/// Whether `tool` runs; prints a SKIPPED line for `test` if not.
+/// Whether `tool` runs; reports `test` skipped if not.
 fn have(tool: &str, package: &str, test: &str) -> bool {
     let ok = Command::new(tool)
         .arg("--help")
@@ -178,7 +179,7 @@ fn have(tool: &str, package: &str, test: &str) -> bool {
         .status()
         .is_ok();
     if !ok {
-        eprintln!("SKIPPED {test}: {tool} ({package}) is not installed");
+        skip(test, &format!("{tool} ({package}) is not installed"));
     }
     ok
 }
@@ -324,11 +325,11 @@ fn three_layers_merge_into_one_squashfs() {
         return;
     }
     for jobs in [1, 3] {
-        three_layers_with(jobs);
+        three_layers_with("three_layers_merge_into_one_squashfs", jobs);
     }
 }
 
-fn three_layers_with(jobs: usize) {
+fn three_layers_with(test: &str, jobs: usize) {
     let (l1, l2, l3) = three_layers();
     let fx = Fixture::new();
     let layers = fx.layers(&[(&gzip(&l1), GZIP), (&zstd(&l2), ZSTD), (&l3, PLAIN)]);
@@ -424,7 +425,7 @@ fn three_layers_with(jobs: usize) {
         "lib/a {a:?} lib/b {b:?}"
     );
 
-    mounted_checks(&out);
+    mounted_checks(test, &out);
 
     // And the SIF around it.
     let sif = fx.out_dir.join("image.sif");
@@ -451,11 +452,16 @@ impl Drop for Mounted {
     }
 }
 
-/// As root: the image loop-mounted read-only (None, with a note, elsewhere).
-fn mount(img: &Path) -> Option<Mounted> {
+/// As root: the image loop-mounted read-only (None elsewhere, after
+/// reporting that `test` runs without its mount checks).
+fn mount(test: &str, img: &Path) -> Option<Mounted> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("not root: skipping the mount checks");
+        skip_part(test, "the mount checks", "needs root");
+        return None;
+    }
+    if !std::path::Path::new("/dev/loop-control").exists() {
+        skip_part(test, "the mount checks", "no /dev/loop-control here");
         return None;
     }
     let dir = tempfile::tempdir().expect("mountpoint");
@@ -464,10 +470,6 @@ fn mount(img: &Path) -> Option<Mounted> {
         .arg(img)
         .arg(dir.path())
         .status();
-    if !std::path::Path::new("/dev/loop-control").exists() {
-        eprintln!("no loop devices here: skipping the mount checks");
-        return None;
-    }
     assert!(
         st.is_ok_and(|s| s.success()),
         "the kernel refused to mount {} (see dmesg)",
@@ -477,8 +479,8 @@ fn mount(img: &Path) -> Option<Mounted> {
 }
 
 /// Looks at inodes, permissions and xattrs the way a container will.
-fn mounted_checks(img: &Path) {
-    let Some(mounted) = mount(img) else {
+fn mounted_checks(test: &str, img: &Path) {
+    let Some(mounted) = mount(test, img) else {
         return;
     };
     let mnt = &mounted.dir;
@@ -570,7 +572,7 @@ fn docker_gzip_and_empty_media_type_and_root_entry() {
     let l = sqfs2tar(&fx.out());
     assert_eq!(l["a"].6, b"a");
     assert_eq!(l["s"].5, "a");
-    if let Some(m) = mount(&fx.out()) {
+    if let Some(m) = mount("docker_gzip_and_empty_media_type_and_root_entry", &fx.out()) {
         let root = std::fs::metadata(m.dir.path()).expect("stat root");
         assert_eq!(
             (root.permissions().mode() & 0o7777, root.mtime()),
@@ -1407,7 +1409,7 @@ fn random_trees_round_trip_through_unsquashfs_and_the_kernel() {
     let test = "random_trees_round_trip_through_unsquashfs_and_the_kernel";
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED {test}: needs root (owners, xattrs, loop mounts)");
+        skip(test, "needs root (owners, xattrs, loop mounts)");
         return;
     }
     if !have("unsquashfs", "squashfs-tools", test) {
@@ -1440,7 +1442,7 @@ fn random_trees_round_trip_through_unsquashfs_and_the_kernel() {
             .expect("unsquashfs");
         assert!(st.success(), "unsquashfs failed (round {round})");
         check_tree(&x, &l, false);
-        if let Some(m) = mount(&fx.out()) {
+        if let Some(m) = mount(test, &fx.out()) {
             check_tree(m.dir.path(), &l, true);
         }
     }

@@ -23,8 +23,9 @@ fn fixture(test: &str) -> Option<PathBuf> {
     if f.exists() {
         Some(f)
     } else {
-        eprintln!(
-            "SKIPPED {test}: SIF fixtures not found (set SYCRI_FIXTURES or provide ../shared)"
+        sycri_native::testing::skip(
+            test,
+            "SIF fixtures not found (set SYCRI_FIXTURES or provide ../shared)",
         );
         None
     }
@@ -205,7 +206,8 @@ fn in_order(calls: &[String], want: &[&str]) -> bool {
 
 #[tokio::test]
 async fn a_container_life_calls_the_engine_in_order_and_leaves_nothing() {
-    let Some(env) = Env::new("a_container_life_calls_the_engine_in_order").await else {
+    let Some(env) = Env::new("a_container_life_calls_the_engine_in_order_and_leaves_nothing").await
+    else {
         return;
     };
     let pod = env.pod("web").await;
@@ -633,7 +635,8 @@ where
 
 #[tokio::test]
 async fn a_server_killed_during_create_container_leaves_nothing_of_it() {
-    let Some(mut env) = Env::new("a_server_killed_during_create_container_leaves_nothing").await
+    let Some(mut env) =
+        Env::new("a_server_killed_during_create_container_leaves_nothing_of_it").await
     else {
         return;
     };
@@ -706,7 +709,9 @@ async fn a_server_killed_during_run_pod_leaves_nothing_of_it() {
 
 #[tokio::test]
 async fn a_start_cut_short_by_a_kill_is_finished_by_the_next_server() {
-    let Some(mut env) = Env::new("a_start_cut_short_by_a_kill_is_finished").await else {
+    let Some(mut env) =
+        Env::new("a_start_cut_short_by_a_kill_is_finished_by_the_next_server").await
+    else {
         return;
     };
     let pod = env.pod("web").await;
@@ -735,7 +740,9 @@ async fn a_start_cut_short_by_a_kill_is_finished_by_the_next_server() {
 
 #[tokio::test]
 async fn removals_cut_short_by_a_kill_are_finished_by_the_next_server() {
-    let Some(mut env) = Env::new("removals_cut_short_by_a_kill_are_finished").await else {
+    let Some(mut env) =
+        Env::new("removals_cut_short_by_a_kill_are_finished_by_the_next_server").await
+    else {
         return;
     };
     let pod = env.pod("web").await;

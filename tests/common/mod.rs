@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use sycri::proto::cri;
 use sycri::proto::cri::image_service_client::ImageServiceClient;
 use sycri::proto::cri::runtime_service_client::RuntimeServiceClient;
+use sycri_native::testing::skip;
 use tonic::transport::{Channel, Endpoint};
 
 pub type Rt = RuntimeServiceClient<Channel>;
@@ -77,17 +78,28 @@ pub fn fixtures() -> Option<PathBuf> {
     dir.join("busybox_amd64.sif").exists().then_some(dir)
 }
 
-/// The busybox SIF fixture, or None with a SKIPPED line on stderr.
+/// The busybox SIF fixture, or None after reporting `test` skipped.
 pub fn busybox_sif(test: &str) -> Option<PathBuf> {
     match fixtures() {
         Some(d) => Some(d.join("busybox_amd64.sif")),
         None => {
-            eprintln!(
-                "SKIPPED {test}: SIF fixtures not found (set SYCRI_FIXTURES or provide ../shared)"
+            skip(
+                test,
+                "SIF fixtures not found (set SYCRI_FIXTURES or provide ../shared)",
             );
             None
         }
     }
+}
+
+/// For a test that needs root and the busybox fixture: the fixture, or None
+/// after reporting `test` skipped (once, for the first thing missing).
+pub fn root_busybox_sif(test: &str) -> Option<PathBuf> {
+    if !is_root() {
+        skip(test, "needs root");
+        return None;
+    }
+    busybox_sif(test)
 }
 
 pub fn is_root() -> bool {

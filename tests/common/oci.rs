@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use sycri_native::testing::skip;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
@@ -31,14 +32,17 @@ pub fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-/// Whether the registry and busybox are installed; prints a SKIPPED line if not.
+/// Whether the registry and busybox are installed; reports `test` skipped if not.
 pub fn tools_present(test: &str) -> bool {
     for (path, package) in [
         (REGISTRY_BIN, "docker-registry"),
         (BUSYBOX, "busybox-static"),
     ] {
         if !Path::new(path).exists() {
-            eprintln!("SKIPPED {test}: {path} not found (apt-get install -y {package})");
+            skip(
+                test,
+                &format!("{path} not found (apt-get install -y {package})"),
+            );
             return false;
         }
     }

@@ -3,8 +3,65 @@
 # lists kept in the cache (the machine's apt configuration and lists are left
 # alone): qemu, busybox, the CNI plugins, debootstrap, and the kernels
 # (bookworm's 6.1 and trixie's 6.12). Sourced by run.sh after common.sh.
+# Each download is tried again on failure (a mirror's hiccup is not a reason
+# to skip a part), and the error it ended with is kept for the SKIPPED line.
 
 VM_KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
+
+# How often a download is tried, and the wait before the second try (it
+# triples before each further one).
+VM_FETCH_TRIES="${SYCRI_VM_FETCH_TRIES:-3}"
+VM_FETCH_BACKOFF="${SYCRI_VM_FETCH_BACKOFF:-5}"
+
+# The last fetch error, for the SKIPPED line of the part that needed it. A
+# file, not a variable: the fetch functions run in command substitutions.
+vm_fetch_error_file() { echo "$VM_CACHE/fetch-error"; }
+vm_fetch_clear() { rm -f "$(vm_fetch_error_file)"; }
+# Says why a fetch failed, keeps it, and fails.
+vm_fetch_fail() {
+    vm_say "$*"
+    mkdir -p "$VM_CACHE"
+    printf '%s\n' "$*" >"$(vm_fetch_error_file)"
+    return 1
+}
+# The last fetch error kept, on one line.
+vm_fetch_error() {
+    local f
+    f="$(vm_fetch_error_file)"
+    if [ -s "$f" ]; then
+        tr '\n' ' ' <"$f" | sed 's/ *$//'
+    else
+        echo "no error was recorded"
+    fi
+}
+
+# What a failed command said in LOG, on one line: apt's and debootstrap's
+# error and warning lines (E:, W:, Err:), else the last lines.
+vm_log_error() {
+    local log="$1" lines
+    lines="$(grep -E '^(E|W|Err):' "$log" 2>/dev/null | tail -n 4)"
+    [ -n "$lines" ] || lines="$(tail -n 3 "$log" 2>/dev/null)"
+    [ -n "$lines" ] || lines="no output"
+    tr '\n' ' ' <<<"$lines" | sed 's/  */ /g; s/ *$//'
+}
+
+# Runs COMMAND... (its output into LOG) until it succeeds, at most
+# VM_FETCH_TRIES times, waiting between tries; WHAT names it in the messages.
+# VM_TRY and VM_TRIES tell the command which try this is. Fails, keeping the
+# last error (vm_fetch_error), when no try succeeded.
+vm_retry() {
+    local log="$1" what="$2" wait="$VM_FETCH_BACKOFF"
+    shift 2
+    VM_TRIES="$VM_FETCH_TRIES"
+    for ((VM_TRY = 1; ; VM_TRY++)); do
+        "$@" >"$log" 2>&1 && return 0
+        [ "$VM_TRY" -lt "$VM_TRIES" ] || break
+        vm_say "$what failed (try $VM_TRY of $VM_TRIES, again in $wait s): $(vm_log_error "$log")"
+        sleep "$wait"
+        wait=$((wait * 3))
+    done
+    vm_fetch_fail "$what failed ($VM_TRIES tries): $(vm_log_error "$log")"
+}
 
 # The machine's own Debian mirror (the first `.../debian` URI of its apt
 # sources), else deb.debian.org; SYCRI_VM_MIRROR overrides.
@@ -67,41 +124,67 @@ SRC
     else
         rm -f "$d/sources.list.new"
     fi
-    if [ -z "$force" ] && [ -n "$(find "$d/lists" -maxdepth 1 -name '*_Packages*' -mmin -1440 2>/dev/null | head -n 1)" ]; then
+    # Fresh: the suite's main list (not just any list: an update that
+    # fetched only the security one must not pass for a day).
+    if [ -z "$force" ] && [ -n "$(find "$d/lists" -maxdepth 1 -name "*_dists_${suite}_main_binary-*_Packages*" -mmin -1440 2>/dev/null | head -n 1)" ]; then
         return 0
     fi
     vm_say "apt-get update ($suite, private lists in $d)"
-    vm_apt "$suite" update >"$d/update.log" 2>&1 || {
-        cat "$d/update.log" >&2
-        return 1
-    }
+    vm_retry "$d/update.log" "apt-get update ($suite)" _vm_update "$suite" || return 1
     # apt-get update leaves the lists' times as the archive's: mark the fetch.
     find "$d/lists" -maxdepth 1 -name '*_Packages*' -exec touch {} +
+}
+
+# One try of vm_apt_lists' update. apt-get exits 0 when some index failed to
+# download (a warning): such a try fails too, but for the last one, which
+# passes like before when the suite's main list is there.
+_vm_update() {
+    local suite="$1" strict=()
+    [ "$VM_TRY" -lt "$VM_TRIES" ] && strict=(--error-on=any)
+    vm_apt "$suite" update "${strict[@]}" || return 1
+    [ -n "$(find "$(vm_apt_dir "$suite")/lists" -maxdepth 1 -name "*_dists_${suite}_main_binary-*_Packages*" 2>/dev/null | head -n 1)" ] || {
+        echo "E: apt-get update left no list of $suite main"
+        return 1
+    }
 }
 
 # The .deb of package PKG (candidate version of SUITE) in the cache; prints
 # its path. Downloads it when it is not there yet.
 vm_deb() {
-    local suite="$1" pkg="$2" try rec ver arch file
+    local suite="$1" pkg="$2" try rec ver arch file why=""
     for try in 1 2; do
         vm_apt_lists "$suite" $([ "$try" = 2 ] && echo force) || return 1
         rec="$(vm_apt_cache "$suite" show --no-all-versions "$pkg" 2>/dev/null || true)"
         ver="$(sed -n 's/^Version: //p' <<<"$rec" | head -n 1)"
         arch="$(sed -n 's/^Architecture: //p' <<<"$rec" | head -n 1)"
-        [ -n "$ver" ] || continue
+        if [ -z "$ver" ]; then
+            why="apt's lists of $suite have no package $pkg"
+            continue
+        fi
         file="$VM_CACHE/debs/${pkg}_${ver//:/%3a}_${arch}.deb"
         [ -s "$file" ] && {
             echo "$file"
             return 0
         }
         mkdir -p "$VM_CACHE/debs"
-        if (cd "$VM_CACHE/debs" && vm_apt "$suite" download "$pkg=$ver" >/dev/null 2>&1) && [ -s "$file" ]; then
+        if vm_retry "$(vm_apt_dir "$suite")/download.log" "apt-get download $pkg=$ver ($suite)" \
+            _vm_download "$suite" "$pkg=$ver" "$file"; then
             echo "$file"
             return 0
         fi
+        why="$(vm_fetch_error)"
     done
-    vm_say "cannot download $pkg from $suite"
-    return 1
+    vm_fetch_fail "cannot download $pkg from $suite: $why"
+}
+
+# One try of vm_deb's download of PKG=VER into the cache, as FILE.
+_vm_download() {
+    local suite="$1" pv="$2" file="$3"
+    (cd "$VM_CACHE/debs" && vm_apt "$suite" download "$pv") || return 1
+    [ -s "$file" ] || {
+        echo "E: apt-get download left no $file"
+        return 1
+    }
 }
 
 # Unpacks a .deb into DIR once (a marker says it is complete).
@@ -131,7 +214,7 @@ vm_qemu() {
     pkgs="$(vm_apt bookworm install -s --no-install-recommends qemu-system-x86 2>/dev/null |
         sed -n 's/^Inst \([^ ]*\) .*(\([^ ]*\) .*/\1=\2/p')"
     [ -n "$pkgs" ] || {
-        vm_say "apt cannot resolve qemu-system-x86 for bookworm"
+        vm_fetch_fail "apt cannot resolve qemu-system-x86 for bookworm"
         return 1
     }
     key="$(vm_key -- $pkgs)"
@@ -167,12 +250,17 @@ vm_kernel_suite() {
 }
 
 vm_kernel_package() {
-    local meta=linux-image-amd64 suite
+    local meta=linux-image-amd64 suite try pkg
     suite="$(vm_kernel_suite "$1")" || return 1
     [ "$1" = cloud ] && meta=linux-image-cloud-amd64
-    vm_apt_lists "$suite" || return 1
-    vm_apt_cache "$suite" depends "$meta" 2>/dev/null |
-        sed -n 's/^ *Depends: \(linux-image-[^ ]*\).*/\1/p' | head -n 1
+    # Lists that lack the meta package are fetched again once.
+    for try in 1 2; do
+        vm_apt_lists "$suite" $([ "$try" = 2 ] && echo force) || return 1
+        pkg="$(vm_apt_cache "$suite" depends "$meta" 2>/dev/null |
+            sed -n 's/^ *Depends: \(linux-image-[^ ]*\).*/\1/p' | head -n 1)"
+        [ -n "$pkg" ] && break
+    done
+    echo "$pkg"
 }
 
 # Modules a kernel needs for sycri, by name; their dependencies are added.
@@ -189,9 +277,9 @@ vm_kernel() {
         vm_say "unknown kernel $flavour (6.1, 6.12 or cloud)"
         return 1
     }
-    pkg="$(vm_kernel_package "$flavour")"
+    pkg="$(vm_kernel_package "$flavour")" || return 1
     [ -n "$pkg" ] || {
-        vm_say "no kernel package for $flavour in $suite"
+        vm_fetch_fail "apt's lists of $suite name no kernel package for $flavour"
         return 1
     }
     deb="$(vm_deb "$suite" "$pkg")" || return 1

@@ -110,13 +110,11 @@ vm_debootstrap() {
     dir="$VM_CACHE/rootfs/bookworm-systemd-$key"
     if [ ! -e "$dir/.done" ]; then
         vm_say "debootstrap bookworm (minbase + $VM_DEBOOTSTRAP_INCLUDE) into $dir"
-        rm -rf "$dir"
-        mkdir -p "$dir" "$VM_CACHE/debootstrap-debs"
-        DEBOOTSTRAP_DIR="$ds/usr/share/debootstrap" "$ds/usr/sbin/debootstrap" \
-            --variant=minbase --include="$VM_DEBOOTSTRAP_INCLUDE" \
-            --cache-dir="$VM_CACHE/debootstrap-debs" \
-            --keyring="$VM_KEYRING" \
-            bookworm "$dir" "$mirror" >"$VM_CACHE/rootfs/debootstrap.log" 2>&1 || {
+        mkdir -p "$VM_CACHE/rootfs" "$VM_CACHE/debootstrap-debs"
+        # Tried again from scratch on failure (the packages it already has
+        # stay in its cache directory).
+        vm_retry "$VM_CACHE/rootfs/debootstrap.log" "debootstrap of bookworm" \
+            _vm_debootstrap "$ds" "$dir" "$mirror" || {
             tail -n 20 "$VM_CACHE/rootfs/debootstrap.log" >&2
             return 1
         }
@@ -125,6 +123,18 @@ vm_debootstrap() {
         touch "$dir/.done"
     fi
     echo "$dir"
+}
+
+# One try of vm_debootstrap's: debootstrap DS's bookworm into DIR, afresh.
+_vm_debootstrap() {
+    local ds="$1" dir="$2" mirror="$3"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    DEBOOTSTRAP_DIR="$ds/usr/share/debootstrap" "$ds/usr/sbin/debootstrap" \
+        --variant=minbase --include="$VM_DEBOOTSTRAP_INCLUDE" \
+        --cache-dir="$VM_CACHE/debootstrap-debs" \
+        --keyring="$VM_KEYRING" \
+        bookworm "$dir" "$mirror"
 }
 
 # The systemd guest's root image for a kernel directory; prints its path.

@@ -303,8 +303,9 @@ fn standard_devices_bind_the_hosts_nodes() {
         .map(|(n, _, _)| *n)
         .collect();
     if present.is_empty() {
-        println!(
-            "SKIPPED standard_devices_bind_the_hosts_nodes: this host's /dev has none of them"
+        crate::testing::skip(
+            "standard_devices_bind_the_hosts_nodes",
+            "this host's /dev has none of them",
         );
         return;
     }
