@@ -19,12 +19,15 @@
 #   containernetworking-plugins  (/usr/lib/cni) for pod networking and its tests
 #   docker-registry,             a local registry and the busybox the registry
 #   busybox-static               tests build their images from
+#   python3-grpcio               Python's grpcio, a client the authority test
+#                                drives the server with (Debian's /usr/bin/python3)
 SYCRI_APT_PACKAGES=(
     build-essential pkg-config
     squashfs-tools squashfs-tools-ng
     e2fsprogs mount
     iproute2 iptables containernetworking-plugins
     docker-registry busybox-static
+    python3-grpcio
 )
 # The oldest rustc that builds sycri (rust-version in Cargo.toml).
 SYCRI_MIN_RUST=1.85

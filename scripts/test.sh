@@ -63,6 +63,11 @@ step cargo build --workspace --all-targets
 printf '\n==> scripts/build-engine.sh\n'
 SYCRI_TEST_ENGINE="$(bash scripts/build-engine.sh)"
 export SYCRI_TEST_ENGINE
+# The Python with grpcio (setup.sh installs Debian's python3-grpcio, for
+# /usr/bin/python3, which another python3 first on PATH may not see).
+if [ -z "${SYCRI_TEST_PYTHON:-}" ] && /usr/bin/python3 -c 'import grpc' 2>/dev/null; then
+    export SYCRI_TEST_PYTHON=/usr/bin/python3
+fi
 echo "helpers run from $SYCRI_TEST_ENGINE"
 
 # cargo's own summaries ("test result: ...") go to stdout as usual; a copy is
