@@ -244,6 +244,16 @@ pub fn join(path: &Path) -> Result<(), Failure> {
         .map_err(|e| Failure::internal(format!("join cgroup {}", path.display()), e))
 }
 
+/// Moves process `pid` (all its threads) into the cgroup.
+pub fn join_pid(path: &Path, pid: i32) -> Result<(), Failure> {
+    let procs = path.join("cgroup.procs");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&procs)
+        .and_then(|mut f| f.write_all(pid.to_string().as_bytes()))
+        .map_err(|e| Failure::internal(format!("move {pid} into cgroup {}", path.display()), e))
+}
+
 /// Pids in the cgroup.
 pub fn pids(path: &Path) -> Vec<i32> {
     std::fs::read_to_string(path.join("cgroup.procs"))

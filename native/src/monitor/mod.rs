@@ -167,15 +167,8 @@ fn child(spec: &ContainerSpec, stdio: &mut Stdio, sync: OwnedFd, start: OwnedFd)
         container::report(&mut sync, &Err(e));
         std::process::exit(127);
     }
-    // Join the container's cgroup before anything else, so that everything the
-    // container ever starts can be found and ended.
-    for cg in spec.cgroup.iter().chain(&spec.cgroups_v1) {
-        if let Err(e) = crate::cgroup::join(cg) {
-            let mut sync = File::from(sync);
-            container::report(&mut sync, &Err(e));
-            std::process::exit(127);
-        }
-    }
+    // The monitor moves us into the container's cgroups meanwhile (see
+    // `run`); we start nothing before it has.
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     if stdio.tty {
         let _ = setsid();
@@ -280,9 +273,30 @@ fn run(spec: &ContainerSpec, report: &mut File) -> Result<i32, Failure> {
     for fd in stdio.child.iter_mut() {
         fd.take();
     }
+    // Into the container's cgroups from here, while the child joins its
+    // namespaces and assembles its rootfs: the first move into a cgroup
+    // waits out an RCU grace period (the kernel's cgroup_threadgroup_rwsem
+    // is taken for writing), 7-10 ms on the development machine, which the
+    // child's own set-up now overlaps instead of following. The child
+    // starts nothing (no fork, no exec) before its ready report, and the
+    // server hears "ready" (and may then start it) only once the moves are
+    // done, so everything the container ever runs is in its cgroups.
+    let joined = spec
+        .cgroup
+        .iter()
+        .chain(&spec.cgroups_v1)
+        .try_for_each(|cg| crate::cgroup::join_pid(cg, pid.as_raw()));
 
     let mut sync = BufReader::new(File::from(sync_r));
-    match read_message(&mut sync) {
+    let message = match (read_message(&mut sync), joined) {
+        // A set-up failure explains more than the failed move it caused.
+        (Some(Ok(())), Err(f)) => {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            Some(Err(f))
+        }
+        (m, _) => m,
+    };
+    match message {
         Some(Ok(())) => {}
         Some(Err(f)) => {
             let _ = waitpid(pid, None);
