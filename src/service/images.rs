@@ -15,44 +15,10 @@
 use super::Runtime;
 use crate::error::{Error, Result};
 use crate::images::ImageRecord;
+use crate::store::image_use::ImagePin;
 use crate::util::blocking;
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-
-/// Who holds an image's mount besides the containers in the store.
-#[derive(Default)]
-pub(super) struct ImageUse {
-    /// Containers of each image being created (not in the store yet).
-    creating: HashMap<String, usize>,
-    /// Each image's latest scheduled release: an earlier one is void.
-    release: HashMap<String, u64>,
-    next: u64,
-}
-
-/// Holds an image's mount for a container being created; dropped once the
-/// container is in the store (or its creation failed).
-pub(super) struct ImagePin<'a> {
-    uses: &'a Mutex<ImageUse>,
-    image_id: String,
-}
-
-impl Drop for ImagePin<'_> {
-    fn drop(&mut self) {
-        let mut u = lock(self.uses);
-        if let Some(n) = u.creating.get_mut(&self.image_id) {
-            *n -= 1;
-            if *n == 0 {
-                u.creating.remove(&self.image_id);
-            }
-        }
-    }
-}
-
-fn lock(m: &Mutex<ImageUse>) -> std::sync::MutexGuard<'_, ImageUse> {
-    // The map holds counters only; one left by a panicking holder is whole.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use std::sync::Arc;
 
 /// Bytes and inodes a file system holds for the runtime, and where.
 pub struct FsUsage {
@@ -65,7 +31,7 @@ impl Runtime {
     /// Whether a container other than `except` uses image `image_id`, or
     /// one is being created with it.
     fn image_in_use(&self, image_id: &str, except: Option<&str>) -> bool {
-        lock(&self.image_use).creating.contains_key(image_id)
+        self.image_use.pinned(image_id)
             || self
                 .containers
                 .list()
@@ -75,14 +41,7 @@ impl Runtime {
 
     /// Keeps the image mounted while a container of it is created.
     pub(super) fn pin_image(&self, image_id: &str) -> ImagePin<'_> {
-        *lock(&self.image_use)
-            .creating
-            .entry(image_id.to_string())
-            .or_default() += 1;
-        ImagePin {
-            uses: &self.image_use,
-            image_id: image_id.to_string(),
-        }
+        self.image_use.pin(image_id)
     }
 
     /// The image's root filesystem, mounted if it is not yet (the caller
@@ -113,13 +72,7 @@ impl Runtime {
         if delay.is_zero() {
             return self.release_now_if_unused(image_id, except, None).await;
         }
-        let token = {
-            let mut u = lock(&self.image_use);
-            u.next += 1;
-            let t = u.next;
-            u.release.insert(image_id.to_string(), t);
-            t
-        };
+        let token = self.image_use.schedule_release(image_id);
         let (rt, image_id) = (Arc::downgrade(self), image_id.to_string());
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -139,12 +92,8 @@ impl Runtime {
         token: Option<u64>,
     ) {
         let _g = self.image_mounts.lock().await;
-        if let Some(t) = token {
-            let mut u = lock(&self.image_use);
-            if u.release.get(image_id) != Some(&t) {
-                return;
-            }
-            u.release.remove(image_id);
+        if token.is_some_and(|t| !self.image_use.take_release(image_id, t)) {
+            return;
         }
         if self.image_in_use(image_id, except) {
             return;

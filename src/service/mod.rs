@@ -49,7 +49,7 @@ pub struct Runtime {
     /// Serializes mounting and releasing images' root filesystems.
     image_mounts: tokio::sync::Mutex<()>,
     /// Images pinned by creations in flight, and their scheduled releases.
-    image_use: std::sync::Mutex<images::ImageUse>,
+    image_use: crate::store::image_use::ImageUse,
     engine: Arc<dyn Engine>,
     /// Pod networking: CNI configs and plugins (run through `reaper`).
     cni: Cni,

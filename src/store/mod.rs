@@ -7,6 +7,7 @@
 //! an `Arc` in or out, never across an await or an operation.
 
 pub mod container;
+pub mod image_use;
 pub mod pod;
 pub mod record;
 
