@@ -137,5 +137,8 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         } => tracing::warn!("clients still connected {SHUTDOWN_GRACE:?} after the stop signal; stopping anyway"),
     }
     let _ = std::fs::remove_file(&socket);
+    // Images kept mounted for a next container (image_unmount_delay) that no
+    // container uses: their release timers end with this process.
+    rt.release_unused_image_mounts(true).await;
     Ok(())
 }

@@ -538,3 +538,36 @@ async fn host_pid_background_child_ends_with_its_container() {
     );
     assert_no_leaks(s.dir.path(), &bg);
 }
+
+/// With a release delay, an image outlives its last container mounted (for
+/// the next one), and a stopping server releases it: its timer would not
+/// outlive the process, so nothing of it stays mounted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_server_releases_unused_image_mounts() {
+    let test = "a_stopping_server_releases_unused_image_mounts";
+    let Some(sif) = root_busybox_sif(test) else {
+        return;
+    };
+    let sif_str = sif.to_string_lossy().into_owned();
+    let mut s = Server::start_with_config("image_unmount_delay = \"10m\"\n").await;
+    let image_ref = s.pull(&sif).await;
+    let image_mp = image_mount_point(&s, &image_ref);
+    let pod_cfg = plain_pod("kept", &s);
+    let pod = run_pod(&mut s.rt, pod_cfg.clone()).await;
+    let c = create(
+        &mut s.rt,
+        &pod,
+        &pod_cfg,
+        container_config("c", &sif_str, &["sleep", "1000"]),
+    )
+    .await
+    .expect("create");
+    remove_container(&mut s.rt, &c).await.expect("remove");
+    remove_pod(&mut s.rt, &pod).await.expect("remove pod");
+    assert!(
+        mounts_under(s.dir.path()).contains(&image_mp),
+        "the image was released before its delay"
+    );
+    assert!(s.terminate().success(), "the server's exit status");
+    assert_no_leaks(s.dir.path(), &[]);
+}

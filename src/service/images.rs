@@ -111,6 +111,36 @@ impl Runtime {
         }
     }
 
+    /// The image mounts no container uses: released at once (`now`: the
+    /// server is stopping, and no timer of its outlives it) or after the
+    /// delay (a restarted server adopting an earlier one's). Mounts of
+    /// images no longer in the store (removed while no server ran) go at
+    /// once either way.
+    pub async fn release_unused_image_mounts(self: &Arc<Self>, now: bool) {
+        for (hex, dir) in self.images.mount_dirs() {
+            if let Some(rec) = self.images.get(&format!("sha256:{hex}")) {
+                if self.image_in_use(&rec.id, None) {
+                    continue;
+                }
+                if now {
+                    self.release_now_if_unused(&rec.id, None, None).await;
+                } else {
+                    self.release_image_if_unused(&rec.id, None).await;
+                }
+                continue;
+            }
+            let _g = self.image_mounts.lock().await;
+            match self.engine.unmount(&dir.join("rootfs")).await {
+                Ok(()) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+                Err(e) => {
+                    tracing::warn!(image = %hex, error = %e, "releasing an unused image mount")
+                }
+            }
+        }
+    }
+
     pub fn list_images(&self) -> Vec<ImageRecord> {
         self.images.list()
     }

@@ -89,7 +89,9 @@ impl Runtime {
                 tracing::warn!(pod = %id, error = %e, "finishing a removal a crash interrupted");
             }
         }
-        self.release_unused_image_mounts().await;
+        // Adopted: released after the delay as if their last container had
+        // just gone.
+        self.release_unused_image_mounts(false).await;
         let known: std::collections::HashSet<String> = self
             .containers
             .list()
@@ -214,37 +216,6 @@ impl Runtime {
         });
         if let Err(e) = res {
             tracing::warn!(container = %c.meta.id, error = %e, "recording a finished start");
-        }
-    }
-
-    /// Adopts the image mounts an earlier server left: those no container
-    /// uses are released after `image_unmount_delay` as if their last
-    /// container had just gone; those of images no longer in the store
-    /// (removed while no server ran) at once.
-    async fn release_unused_image_mounts(self: &Arc<Self>) {
-        let used: std::collections::HashSet<String> = self
-            .containers
-            .list()
-            .iter()
-            .map(|c| c.meta.image_id.trim_start_matches("sha256:").to_string())
-            .collect();
-        for (hex, dir) in self.images.mount_dirs() {
-            if used.contains(&hex) {
-                continue;
-            }
-            if let Some(rec) = self.images.get(&format!("sha256:{hex}")) {
-                self.release_image_if_unused(&rec.id, None).await;
-                continue;
-            }
-            let _g = self.image_mounts.lock().await;
-            match self.engine.unmount(&dir.join("rootfs")).await {
-                Ok(()) => {
-                    let _ = std::fs::remove_dir_all(&dir);
-                }
-                Err(e) => {
-                    tracing::warn!(image = %hex, error = %e, "releasing an unused image mount")
-                }
-            }
         }
     }
 }
