@@ -19,7 +19,7 @@ use crate::failure::Failure;
 use crate::spec::ContainerSpec;
 use nix::sched::{setns, CloneFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{fork, ForkResult};
+use nix::unistd::ForkResult;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -138,30 +138,50 @@ pub fn main(spec_path: &Path) -> i32 {
             return EXEC_FAILED;
         }
     };
-    for cg in spec
+    // The command must run in the container's cgroups: we join the v1 ones
+    // (by `tasks`, single-threaded: see crate::cgroup::fork) and the command
+    // is born in the v2 one where the kernel can; the v2 directory is opened
+    // now, while its path is still the host's.
+    let joined = spec
         .container
-        .cgroup
+        .cgroups_v1
         .iter()
-        .chain(&spec.container.cgroups_v1)
-    {
-        if let Err(f) = crate::cgroup::join(cg) {
+        .try_for_each(|cg| crate::cgroup::fork::join_v1_thread(cg))
+        .and_then(|()| {
+            spec.container
+                .cgroup
+                .as_deref()
+                .map(crate::cgroup::fork::Target::open)
+                .transpose()
+        });
+    let v2 = match joined {
+        Ok(v2) => v2,
+        Err(f) => {
             eprintln!("sycri exec: {f}");
             return EXEC_FAILED;
         }
-    }
+    };
     if let Err(f) = join(spec.pid) {
         eprintln!("sycri exec: {f}");
         return EXEC_FAILED;
     }
     let me = std::process::id() as i32;
     // SAFETY: the helper is single-threaded; the child may run arbitrary code.
-    match unsafe { fork() } {
+    match unsafe { crate::cgroup::fork::fork_into(v2.as_ref()) } {
         Err(e) => {
-            eprintln!("sycri exec: fork: {e}");
+            eprintln!("sycri exec: {e}");
             EXEC_FAILED
         }
-        Ok(ForkResult::Child) => run_child(&spec, me),
-        Ok(ForkResult::Parent { child }) => loop {
+        Ok((ForkResult::Child, placed)) => {
+            if !placed {
+                if let Some(Err(f)) = v2.as_ref().map(|t| t.join()) {
+                    eprintln!("sycri exec: {f}");
+                    std::process::exit(EXEC_FAILED);
+                }
+            }
+            run_child(&spec, me)
+        }
+        Ok((ForkResult::Parent { child }, _)) => loop {
             match waitpid(child, None) {
                 Ok(WaitStatus::Exited(_, code)) => return code,
                 Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,

@@ -8,6 +8,7 @@
 //! lacks (cpu, cpuacct, cpuset, memory, pids) live in v1 hierarchies, and the
 //! container gets one more cgroup in each of those ([`Layout`]).
 
+pub mod fork;
 mod group;
 mod resources;
 mod stats;
@@ -242,16 +243,6 @@ pub fn join(path: &Path) -> Result<(), Failure> {
         .open(&procs)
         .and_then(|mut f| f.write_all(b"0"))
         .map_err(|e| Failure::internal(format!("join cgroup {}", path.display()), e))
-}
-
-/// Moves process `pid` (all its threads) into the cgroup.
-pub fn join_pid(path: &Path, pid: i32) -> Result<(), Failure> {
-    let procs = path.join("cgroup.procs");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&procs)
-        .and_then(|mut f| f.write_all(pid.to_string().as_bytes()))
-        .map_err(|e| Failure::internal(format!("move {pid} into cgroup {}", path.display()), e))
 }
 
 /// Pids in the cgroup.

@@ -35,7 +35,7 @@ use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{fork, pipe2, setsid, ForkResult, Pid};
+use nix::unistd::{pipe2, setsid, ForkResult, Pid};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -134,7 +134,13 @@ fn enter_pid_namespace(spec: &ContainerSpec) -> Result<(), Failure> {
 
 /// Runs in the forked child: wire stdio, drop every other descriptor, restore
 /// signals, become the container.
-fn child(spec: &ContainerSpec, stdio: &mut Stdio, sync: OwnedFd, start: OwnedFd) -> ! {
+fn child(
+    spec: &ContainerSpec,
+    stdio: &mut Stdio,
+    sync: OwnedFd,
+    start: OwnedFd,
+    v2: Option<&crate::cgroup::fork::Target>,
+) -> ! {
     for (i, fd) in stdio.child.iter_mut().enumerate() {
         if let Some(fd) = fd.take() {
             let target = i as RawFd;
@@ -160,15 +166,39 @@ fn child(spec: &ContainerSpec, stdio: &mut Stdio, sync: OwnedFd, start: OwnedFd)
     // server reads it until EOF, so we must not keep it while we wait) and
     // whatever else the monitor holds; none of their owners' destructors
     // runs in this process, which never returns from here.
-    if let Err(e) =
-        crate::exposure::close_fds_except(&[0, 1, 2, sync.as_raw_fd(), start.as_raw_fd()])
-    {
+    if let Err(e) = crate::exposure::close_fds_except(&[
+        0,
+        1,
+        2,
+        sync.as_raw_fd(),
+        start.as_raw_fd(),
+        v2.map_or(-1, |t| t.raw()),
+    ]) {
         let mut sync = File::from(sync);
         container::report(&mut sync, &Err(e));
         std::process::exit(127);
     }
-    // The monitor moves us into the container's cgroups meanwhile (see
-    // `run`); we start nothing before it has.
+    // Into the container's cgroups before anything else, so that everything
+    // the container ever starts can be found and ended: the v2 one we were
+    // born in unless `v2` is left to join, each v1 one by its `tasks` file
+    // (we are single-threaded; see crate::cgroup::fork for why not
+    // cgroup.procs).
+    let joined = spec
+        .cgroups_v1
+        .iter()
+        .try_for_each(|cg| crate::cgroup::fork::join_v1_thread(cg))
+        .and_then(|()| v2.map_or(Ok(()), |t| t.join()));
+    if let Some(t) = v2 {
+        // Not the container's to hold; the monitor's copy stays its own.
+        // SAFETY: closes our copy of the descriptor; nothing here uses it
+        // again and the Target that owns it is never dropped in this process.
+        unsafe { libc::close(t.raw()) };
+    }
+    if let Err(e) = joined {
+        let mut sync = File::from(sync);
+        container::report(&mut sync, &Err(e));
+        std::process::exit(127);
+    }
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     if stdio.tty {
         let _ = setsid();
@@ -258,44 +288,32 @@ fn run(spec: &ContainerSpec, report: &mut File) -> Result<i32, Failure> {
         .map_err(|e| Failure::internal("control socket", e))?;
 
     enter_pid_namespace(spec)?;
+    // The child is born in the container's v2 cgroup where the kernel can
+    // (see crate::cgroup::fork): nothing of the container ever runs outside.
+    let v2 = spec
+        .cgroup
+        .as_deref()
+        .map(crate::cgroup::fork::Target::open)
+        .transpose()?;
     // SAFETY: the monitor is single-threaded, so the child may run arbitrary code.
-    let pid = match unsafe { fork() }.map_err(|e| Failure::internal("fork", e))? {
-        ForkResult::Child => {
+    let pid = match unsafe { crate::cgroup::fork::fork_into(v2.as_ref()) }? {
+        (ForkResult::Child, placed) => {
             drop(sync_r);
             drop(start_w);
             drop(listener);
-            child(spec, &mut stdio, sync_w, start_r)
+            let v2 = if placed { None } else { v2.as_ref() };
+            child(spec, &mut stdio, sync_w, start_r, v2)
         }
-        ForkResult::Parent { child } => child,
+        (ForkResult::Parent { child }, _) => child,
     };
+    drop(v2);
     drop(sync_w);
     drop(start_r);
     for fd in stdio.child.iter_mut() {
         fd.take();
     }
-    // Into the container's cgroups from here, while the child joins its
-    // namespaces and assembles its rootfs: the first move into a cgroup
-    // waits out an RCU grace period (the kernel's cgroup_threadgroup_rwsem
-    // is taken for writing), 7-10 ms on the development machine, which the
-    // child's own set-up now overlaps instead of following. The child
-    // starts nothing (no fork, no exec) before its ready report, and the
-    // server hears "ready" (and may then start it) only once the moves are
-    // done, so everything the container ever runs is in its cgroups.
-    let joined = spec
-        .cgroup
-        .iter()
-        .chain(&spec.cgroups_v1)
-        .try_for_each(|cg| crate::cgroup::join_pid(cg, pid.as_raw()));
-
     let mut sync = BufReader::new(File::from(sync_r));
-    let message = match (read_message(&mut sync), joined) {
-        // A set-up failure explains more than the failed move it caused.
-        (Some(Ok(())), Err(f)) => {
-            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-            Some(Err(f))
-        }
-        (m, _) => m,
-    };
+    let message = read_message(&mut sync);
     match message {
         Some(Ok(())) => {}
         Some(Err(f)) => {
