@@ -60,6 +60,9 @@ fn merged(old: &Resources, new: &Resources) -> Resources {
     }
 }
 
+/// Containers whose usage is read at once (see `list_container_usage`).
+const USAGE_AT_ONCE: usize = 4;
+
 impl Runtime {
     /// Writes new limits into a created or running container's cgroups and
     /// records them.
@@ -100,18 +103,26 @@ impl Runtime {
         Ok(self.usage_of(c).await)
     }
 
-    /// The usage of every container `selected` picks.
+    /// The usage of every container `selected` picks. A few at a time: each
+    /// is a walk of files on the blocking pool, and one after another they
+    /// left the second core idle (ListContainerStats of 100 containers took
+    /// about 10 ms here); more at once would only add threads.
     pub async fn list_container_usage(
         &self,
         selected: impl Fn(&ContainerMeta) -> bool,
     ) -> Vec<ContainerUsage> {
-        let mut out = Vec::new();
-        for c in self.containers.list() {
-            if selected(&c.meta) {
-                out.push(self.usage_of(c).await);
-            }
-        }
-        out
+        use futures_util::StreamExt;
+        let picked: Vec<Arc<Container>> = self
+            .containers
+            .list()
+            .into_iter()
+            .filter(|c| selected(&c.meta))
+            .collect();
+        futures_util::stream::iter(picked)
+            .map(|c| self.usage_of(c))
+            .buffered(USAGE_AT_ONCE)
+            .collect()
+            .await
     }
 
     async fn usage_of_pod(&self, pod: Arc<Pod>) -> PodUsage {
