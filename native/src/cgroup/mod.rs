@@ -197,14 +197,6 @@ fn fill_cpuset(dir: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Moves the calling process into every cgroup of the set.
-pub fn join_all(cg: &Cgroups) -> Result<(), Failure> {
-    for dir in cg.dirs() {
-        join(dir)?;
-    }
-    Ok(())
-}
-
 /// Kills every process of the set (through v2 when there is one).
 pub fn kill_all(cg: &Cgroups) -> Result<(), Failure> {
     match &cg.v2 {
@@ -233,16 +225,6 @@ pub fn remove_all(cg: &Cgroups) -> Result<(), Failure> {
 pub fn create(path: &Path) -> Result<(), Failure> {
     std::fs::create_dir_all(path)
         .map_err(|e| Failure::internal(format!("create cgroup {}", path.display()), e))
-}
-
-/// Moves the calling process into the cgroup.
-pub fn join(path: &Path) -> Result<(), Failure> {
-    let procs = path.join("cgroup.procs");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&procs)
-        .and_then(|mut f| f.write_all(b"0"))
-        .map_err(|e| Failure::internal(format!("join cgroup {}", path.display()), e))
 }
 
 /// Pids in the cgroup.
