@@ -212,15 +212,7 @@ impl Drop for Server {
             // SAFETY: kill(2) on a helper of the server we started.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut mounts: Vec<PathBuf> = info
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .map(PathBuf::from)
-            .filter(|p| p.starts_with(d))
-            .collect();
-        mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        for m in mounts {
+        for m in sycri_native::mounts::mounts_under(d).unwrap_or_default() {
             let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
         }
     }

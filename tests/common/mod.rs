@@ -383,16 +383,9 @@ pub async fn connect(sock: &Path) -> Channel {
     }
 }
 
-/// Mount points at or below `dir` in our mount namespace.
+/// Mount points at or below `dir` in our mount namespace, deepest first.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut v: Vec<PathBuf> = sycri_native::mounts::parse_mountinfo(&info)
-        .into_iter()
-        .map(|m| m.mount_point)
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    v
+    sycri_native::mounts::mounts_under(dir).unwrap_or_default()
 }
 
 /// Loop devices whose backing file lies below `dir`.
