@@ -21,6 +21,12 @@ pub struct PidFd {
 
 impl PidFd {
     /// A handle on the process that has number `pid` now.
+    /// Whether the kernel has pidfds (pidfd_open: Linux 5.3).
+    pub fn supported() -> bool {
+        static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *SUPPORTED.get_or_init(|| PidFd::open(std::process::id() as i32).is_some())
+    }
+
     pub fn open(pid: i32) -> Option<PidFd> {
         if pid <= 0 {
             return None;

@@ -247,10 +247,19 @@ pub fn kill(path: &Path) -> Result<(), Failure> {
         .open(path.join("cgroup.kill"))
         .and_then(|mut f| f.write_all(b"1"));
     if via_file.is_err() {
-        // No cgroup.kill (v1): each member by a pidfd, taken first and then
+        // No cgroup.kill (v1, or v2 before 5.14): each member by a pidfd, taken first and then
         // checked against the members listed again, so that a number that
         // was freed and given to a process outside the cgroup between the
         // reading and the signal is never signalled.
+        if !PidFd::supported() {
+            // Before Linux 5.3 there are no pidfds: signal the members by
+            // number, the only way left, with the reuse race it cannot close.
+            for pid in pids(path) {
+                // SAFETY: kill(2) with integer arguments only.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            return Ok(());
+        }
         let handles: Vec<PidFd> = pids(path).into_iter().filter_map(PidFd::open).collect();
         let members = pids(path);
         for p in handles.iter().filter(|p| members.contains(&p.pid())) {
