@@ -14,12 +14,12 @@
 //! pod's loopback from inside its network namespace, and hands the connected
 //! sockets back to the server.
 
+use crate::cgroup::fork::Forked;
 use crate::container;
 use crate::failure::Failure;
 use crate::spec::ContainerSpec;
 use nix::sched::{setns, CloneFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::ForkResult;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -172,16 +172,14 @@ pub fn main(spec_path: &Path) -> i32 {
             eprintln!("sycri exec: {e}");
             EXEC_FAILED
         }
-        Ok((ForkResult::Child, placed)) => {
-            if !placed {
-                if let Some(Err(f)) = v2.as_ref().map(|t| t.join()) {
-                    eprintln!("sycri exec: {f}");
-                    std::process::exit(EXEC_FAILED);
-                }
+        Ok(Forked::Child { join }) => {
+            if let Some(Err(f)) = join.map(|t| t.join()) {
+                eprintln!("sycri exec: {f}");
+                std::process::exit(EXEC_FAILED);
             }
             run_child(&spec, me)
         }
-        Ok((ForkResult::Parent { child }, _)) => loop {
+        Ok(Forked::Parent(child)) => loop {
             match waitpid(child, None) {
                 Ok(WaitStatus::Exited(_, code)) => return code,
                 Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,

@@ -53,11 +53,6 @@ impl Target {
             .map_err(|e| Failure::internal(format!("open cgroup {}", dir.display()), e))
     }
 
-    /// The descriptor, to keep across a close of all others.
-    pub fn raw(&self) -> std::os::fd::RawFd {
-        self.0.as_raw_fd()
-    }
-
     /// Moves the calling process into this cgroup through `cgroup.procs`
     /// (the slow way, for a child that `fork_into` could not place).
     pub fn join(&self) -> Result<(), Failure> {
@@ -74,13 +69,22 @@ impl Target {
     }
 }
 
-/// Forks, the child born in `into` when the kernel can; the child learns
-/// from the flag whether it still has to join `into` itself.
+/// What `fork_into` returns to each side.
+pub enum Forked<'a> {
+    Parent(Pid),
+    /// `join`: the cgroup the child must still join itself (it could not be
+    /// born in it).
+    Child {
+        join: Option<&'a Target>,
+    },
+}
+
+/// Forks, the child born in `into` when the kernel can.
 ///
 /// # Safety
 /// As `fork`: the caller must be single-threaded, so that the child may run
 /// arbitrary code.
-pub unsafe fn fork_into(into: Option<&Target>) -> Result<(ForkResult, bool), Failure> {
+pub unsafe fn fork_into(into: Option<&Target>) -> Result<Forked<'_>, Failure> {
     if let Some(t) = into {
         let args = CloneArgs {
             flags: CLONE_INTO_CGROUP,
@@ -103,15 +107,8 @@ pub unsafe fn fork_into(into: Option<&Target>) -> Result<(ForkResult, bool), Fai
             )
         };
         match r {
-            0 => return Ok((ForkResult::Child, true)),
-            pid if pid > 0 => {
-                return Ok((
-                    ForkResult::Parent {
-                        child: Pid::from_raw(pid as i32),
-                    },
-                    true,
-                ))
-            }
+            0 => return Ok(Forked::Child { join: None }),
+            pid if pid > 0 => return Ok(Forked::Parent(Pid::from_raw(pid as i32))),
             _ => {
                 let e = nix::errno::Errno::last();
                 // No clone3, or no CLONE_INTO_CGROUP: fork as before. Other
@@ -130,16 +127,14 @@ pub unsafe fn fork_into(into: Option<&Target>) -> Result<(ForkResult, bool), Fai
         }
     }
     // SAFETY: the caller is single-threaded (this function's contract).
-    let f = unsafe { nix::unistd::fork() }.map_err(|e| Failure::internal("fork", e))?;
-    Ok((f, into.is_none()))
+    match unsafe { nix::unistd::fork() }.map_err(|e| Failure::internal("fork", e))? {
+        ForkResult::Child => Ok(Forked::Child { join: into }),
+        ForkResult::Parent { child } => Ok(Forked::Parent(child)),
+    }
 }
 
 /// Moves the calling single-threaded process into a v1 hierarchy's cgroup by
 /// its `tasks` file (see the module's note: no wait on the global lock).
 pub fn join_v1_thread(dir: &Path) -> Result<(), Failure> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(dir.join("tasks"))
-        .and_then(|mut f| f.write_all(b"0"))
-        .map_err(|e| Failure::internal(format!("join cgroup {}", dir.display()), e))
+    super::group::write_file(&dir.join("tasks"), "0")
 }

@@ -24,6 +24,7 @@ pub mod protocol;
 // The protocol at its old paths, for the server.
 use protocol::{attach, Ready, Request, Response};
 
+use crate::cgroup::fork::Forked;
 use crate::container;
 use crate::crilog::{CriLog, Stream};
 use crate::failure::{Failure, FailureKind};
@@ -35,7 +36,7 @@ use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{pipe2, setsid, ForkResult, Pid};
+use nix::unistd::{pipe2, setsid, Pid};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -141,6 +142,21 @@ fn child(
     start: OwnedFd,
     v2: Option<&crate::cgroup::fork::Target>,
 ) -> ! {
+    // Into the container's cgroups before anything else, so that everything
+    // the container ever starts can be found and ended: the v2 one we were
+    // born in unless `v2` is left to join, each v1 one by its `tasks` file
+    // (we are single-threaded; see crate::cgroup::fork for why not
+    // cgroup.procs). The v2 directory's descriptor goes with the others below.
+    let joined = spec
+        .cgroups_v1
+        .iter()
+        .try_for_each(|cg| crate::cgroup::fork::join_v1_thread(cg))
+        .and_then(|()| v2.map_or(Ok(()), |t| t.join()));
+    if let Err(e) = joined {
+        let mut sync = File::from(sync);
+        container::report(&mut sync, &Err(e));
+        std::process::exit(127);
+    }
     for (i, fd) in stdio.child.iter_mut().enumerate() {
         if let Some(fd) = fd.take() {
             let target = i as RawFd;
@@ -166,35 +182,9 @@ fn child(
     // server reads it until EOF, so we must not keep it while we wait) and
     // whatever else the monitor holds; none of their owners' destructors
     // runs in this process, which never returns from here.
-    if let Err(e) = crate::exposure::close_fds_except(&[
-        0,
-        1,
-        2,
-        sync.as_raw_fd(),
-        start.as_raw_fd(),
-        v2.map_or(-1, |t| t.raw()),
-    ]) {
-        let mut sync = File::from(sync);
-        container::report(&mut sync, &Err(e));
-        std::process::exit(127);
-    }
-    // Into the container's cgroups before anything else, so that everything
-    // the container ever starts can be found and ended: the v2 one we were
-    // born in unless `v2` is left to join, each v1 one by its `tasks` file
-    // (we are single-threaded; see crate::cgroup::fork for why not
-    // cgroup.procs).
-    let joined = spec
-        .cgroups_v1
-        .iter()
-        .try_for_each(|cg| crate::cgroup::fork::join_v1_thread(cg))
-        .and_then(|()| v2.map_or(Ok(()), |t| t.join()));
-    if let Some(t) = v2 {
-        // Not the container's to hold; the monitor's copy stays its own.
-        // SAFETY: closes our copy of the descriptor; nothing here uses it
-        // again and the Target that owns it is never dropped in this process.
-        unsafe { libc::close(t.raw()) };
-    }
-    if let Err(e) = joined {
+    if let Err(e) =
+        crate::exposure::close_fds_except(&[0, 1, 2, sync.as_raw_fd(), start.as_raw_fd()])
+    {
         let mut sync = File::from(sync);
         container::report(&mut sync, &Err(e));
         std::process::exit(127);
@@ -297,14 +287,13 @@ fn run(spec: &ContainerSpec, report: &mut File) -> Result<i32, Failure> {
         .transpose()?;
     // SAFETY: the monitor is single-threaded, so the child may run arbitrary code.
     let pid = match unsafe { crate::cgroup::fork::fork_into(v2.as_ref()) }? {
-        (ForkResult::Child, placed) => {
+        Forked::Child { join } => {
             drop(sync_r);
             drop(start_w);
             drop(listener);
-            let v2 = if placed { None } else { v2.as_ref() };
-            child(spec, &mut stdio, sync_w, start_r, v2)
+            child(spec, &mut stdio, sync_w, start_r, join)
         }
-        (ForkResult::Parent { child }, _) => child,
+        Forked::Parent(child) => child,
     };
     drop(v2);
     drop(sync_w);
