@@ -107,7 +107,7 @@ impl Runtime {
                 let _ = record::remove_dir(&self.container_state_dir(&id));
                 let _ = record::remove_dir(&self.container_run_dir(&id));
                 drop(pin);
-                self.release_image_if_unused(&image_id, Some(&id)).await;
+                self.release_image_if_unused(&image_id).await;
                 Err(e)
             }
         }
@@ -503,7 +503,7 @@ impl Runtime {
         }
         self.names.release(&c.meta.name_key, &id);
         self.containers.remove(&id);
-        self.release_image_if_unused(&c.meta.image_id, None).await;
+        self.release_image_if_unused(&c.meta.image_id).await;
         tracing::info!(container = %id, "container removed");
         Ok(())
     }

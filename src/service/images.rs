@@ -28,15 +28,15 @@ pub struct FsUsage {
 }
 
 impl Runtime {
-    /// Whether a container other than `except` uses image `image_id`, or
-    /// one is being created with it.
-    fn image_in_use(&self, image_id: &str, except: Option<&str>) -> bool {
+    /// Whether a container uses image `image_id`, or one is being created
+    /// with it.
+    fn image_in_use(&self, image_id: &str) -> bool {
         self.image_use.pinned(image_id)
             || self
                 .containers
                 .list()
                 .iter()
-                .any(|c| c.meta.image_id == image_id && Some(c.meta.id.as_str()) != except)
+                .any(|c| c.meta.image_id == image_id)
     }
 
     /// Keeps the image mounted while a container of it is created.
@@ -60,17 +60,12 @@ impl Runtime {
         Ok(target)
     }
 
-    /// Unmounts an image's root filesystem when no container (but `except`,
-    /// which is going) uses it, `image_unmount_delay` from now (when none
-    /// has used it since).
-    pub(super) async fn release_image_if_unused(
-        self: &Arc<Self>,
-        image_id: &str,
-        except: Option<&str>,
-    ) {
+    /// Unmounts an image's root filesystem `image_unmount_delay` from now,
+    /// when no container uses it then and no release was scheduled since.
+    pub(super) async fn release_image_if_unused(self: &Arc<Self>, image_id: &str) {
         let delay = self.cfg.image_unmount_delay.0;
         if delay.is_zero() {
-            return self.release_now_if_unused(image_id, except, None).await;
+            return self.release_now_if_unused(image_id, None).await;
         }
         let token = self.image_use.schedule_release(image_id);
         let (rt, image_id) = (Arc::downgrade(self), image_id.to_string());
@@ -79,23 +74,18 @@ impl Runtime {
             // A server that is gone leaves the mount to the next one,
             // which adopts it (see recover.rs).
             if let Some(rt) = rt.upgrade() {
-                rt.release_now_if_unused(&image_id, None, Some(token)).await;
+                rt.release_now_if_unused(&image_id, Some(token)).await;
             }
         });
     }
 
     /// The release itself; `token`: only if no release was scheduled since.
-    async fn release_now_if_unused(
-        &self,
-        image_id: &str,
-        except: Option<&str>,
-        token: Option<u64>,
-    ) {
+    async fn release_now_if_unused(&self, image_id: &str, token: Option<u64>) {
         let _g = self.image_mounts.lock().await;
         if token.is_some_and(|t| !self.image_use.take_release(image_id, t)) {
             return;
         }
-        if self.image_in_use(image_id, except) {
+        if self.image_in_use(image_id) {
             return;
         }
         let Some(rec) = self.images.get(image_id) else {
@@ -119,13 +109,13 @@ impl Runtime {
     pub async fn release_unused_image_mounts(self: &Arc<Self>, now: bool) {
         for (hex, dir) in self.images.mount_dirs() {
             if let Some(rec) = self.images.get(&format!("sha256:{hex}")) {
-                if self.image_in_use(&rec.id, None) {
+                if self.image_in_use(&rec.id) {
                     continue;
                 }
                 if now {
-                    self.release_now_if_unused(&rec.id, None, None).await;
+                    self.release_now_if_unused(&rec.id, None).await;
                 } else {
-                    self.release_image_if_unused(&rec.id, None).await;
+                    self.release_image_if_unused(&rec.id).await;
                 }
                 continue;
             }
@@ -156,7 +146,7 @@ impl Runtime {
             return Ok(());
         };
         let _g = self.image_mounts.lock().await;
-        if self.image_in_use(&rec.id, None) {
+        if self.image_in_use(&rec.id) {
             return Err(Error::FailedPrecondition(format!(
                 "image {} is in use by a container",
                 rec.id

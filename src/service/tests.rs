@@ -39,11 +39,8 @@ struct Env {
 }
 
 impl Env {
-    /// The test config: an image is released as its last container goes.
-    fn config(dir: &Path) -> Config {
-        Env::config_with(dir, Duration::ZERO)
-    }
-
+    /// The test config (a zero delay: an image is released as its last
+    /// container goes).
     fn config_with(dir: &Path, image_unmount_delay: Duration) -> Config {
         let cni = dir.join("cni");
         let _ = std::fs::create_dir_all(&cni);
@@ -84,8 +81,13 @@ impl Env {
 
     /// A new server on the same directories and the same (fake) host.
     async fn restart(&mut self) {
+        self.restart_with(Duration::ZERO).await
+    }
+
+    /// As `restart`, the new server with this `image_unmount_delay`.
+    async fn restart_with(&mut self, image_unmount_delay: Duration) {
         self.rt = Runtime::open(
-            Env::config(self.dir.path()),
+            Env::config_with(self.dir.path(), image_unmount_delay),
             self.engine.clone(),
             Reaper::default(),
             None,
@@ -865,21 +867,28 @@ async fn an_unused_image_is_released_after_the_delay() {
     env.rt.remove_pod(&pod).await.expect("remove pod");
     env.assert_empty();
 
-    // A mount an earlier server left with no container: adopted, then
-    // released at once by RemoveImage.
+    // A mount an earlier server left with no container (its release an hour
+    // away, so that only the new server's can end it): adopted, kept for
+    // the delay, then released.
+    let mut env = env;
+    env.restart_with(Duration::from_secs(3600)).await;
     let pod = env.pod("web2").await;
     let c = env.container(&pod, "c", &["sleep", "1000"]).await;
     env.rt.remove_container(&c).await.expect("remove c");
-    let mut env = env;
-    env.rt = Runtime::open(
-        Env::config_with(env.dir.path(), delay),
-        env.engine.clone(),
-        Reaper::default(),
-        None,
-    )
-    .await
-    .expect("reopen");
+    env.restart_with(delay).await;
     assert_eq!(image_mounts(&env), 1, "an adopted mount released at once");
+    let deadline = std::time::Instant::now() + delay * 5;
+    while image_mounts(&env) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an adopted mount never released"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // RemoveImage does not wait for the delay.
+    let d = env.container(&pod, "d", &["sleep", "1000"]).await;
+    env.rt.remove_container(&d).await.expect("remove d");
+    assert_eq!(image_mounts(&env), 1, "released before the delay");
     env.rt.stop_pod(&pod).await.expect("stop pod");
     env.rt.remove_pod(&pod).await.expect("remove pod");
     env.rt.remove_image(&env.image).await.expect("remove image");
