@@ -101,11 +101,19 @@ impl Runtime {
             }
             Err(e) => {
                 self.names.release(&name_key, &id);
-                if let Err(ce) = self.engine.remove_cgroups(&cgroups).await {
-                    tracing::warn!(container = %id, error = %ce, "removing the cgroups of a failed container");
-                }
-                let _ = record::remove_dir(&self.container_state_dir(&id));
                 let _ = record::remove_dir(&self.container_run_dir(&id));
+                match self.engine.remove_cgroups(&cgroups).await {
+                    Ok(()) => {
+                        let _ = record::remove_dir(&self.container_state_dir(&id));
+                    }
+                    // The intent record names the cgroups, which may be under
+                    // a pod's parent the restart sweep does not look in: it
+                    // stays, and the next start undoes the creation again.
+                    Err(ce) => tracing::warn!(
+                        container = %id, error = %ce,
+                        "removing the cgroups of a failed container; its intent record stays"
+                    ),
+                }
                 drop(pin);
                 self.release_image_if_unused(&image_id).await;
                 Err(e)

@@ -120,7 +120,9 @@ impl Runtime {
         let killed = self.engine.kill_helpers(&dir.join("spec.json")).await;
         if let Some(cg) = cgroups {
             if let Err(e) = self.engine.remove_cgroups(cg).await {
+                // Its record, which names them, stays for the next start.
                 tracing::warn!(container = %id, error = %e, "removing the cgroups of a half-made container");
+                return;
             }
         }
         for d in [self.container_run_dir(id), dir.to_path_buf()] {

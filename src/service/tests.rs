@@ -295,6 +295,39 @@ async fn every_failed_step_of_create_container_is_undone() {
     env.assert_empty();
 }
 
+/// A failed CreateContainer whose cgroups cannot be removed keeps its intent
+/// record (which names them), and the next server removes them.
+#[tokio::test]
+async fn cgroups_a_failed_create_could_not_remove_go_at_the_next_start() {
+    let test = "cgroups_a_failed_create_could_not_remove_go_at_the_next_start";
+    let Some(mut env) = Env::new(test).await else {
+        return;
+    };
+    let pod = env.pod("web").await;
+    env.engine.fail_next("spawn_monitor");
+    env.engine.fail_next("remove_cgroups");
+    let err = env
+        .rt
+        .create_container(env.container_request(&pod, "app", &["sleep", "1"]))
+        .await;
+    assert!(err.is_err(), "created");
+    assert!(env.rt.list_containers().is_empty(), "listed");
+    assert!(
+        !env.engine.cgroups().is_empty(),
+        "the failure was not injected"
+    );
+    assert_eq!(env.state_dirs("containers").len(), 1, "intent record gone");
+    env.restart().await;
+    assert!(
+        env.engine.cgroups().is_empty(),
+        "cgroups left after restart"
+    );
+    assert!(env.state_dirs("containers").is_empty(), "state dir left");
+    env.rt.stop_pod(&pod).await.expect("stop pod");
+    env.rt.remove_pod(&pod).await.expect("remove pod");
+    env.assert_empty();
+}
+
 #[tokio::test]
 async fn every_failed_step_of_run_pod_is_undone() {
     let Some(env) = Env::new("every_failed_step_of_run_pod_is_undone").await else {
