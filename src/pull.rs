@@ -282,6 +282,7 @@ async fn pull_and_convert(
     }
     let client = &inner.client;
     let resolved = client.resolve(reference, creds).await?;
+    let resolved_at = started.elapsed();
     progress.touch();
     let total = client.check_image(reference, &resolved)?;
     let m = &resolved.manifest;
@@ -383,10 +384,14 @@ async fn pull_and_convert(
     let mut convert = convert.fuse();
     let mut config = None;
     let mut converted = None;
+    let (mut fetched_at, mut converted_at) = (Default::default(), Default::default());
     while config.is_none() || converted.is_none() {
         tokio::select! {
             r = &mut downloads, if config.is_none() => match r {
-                Ok(c) => config = Some(c),
+                Ok(c) => {
+                    config = Some(c);
+                    fetched_at = started.elapsed();
+                }
                 Err(e) => {
                     // Stop the converter (its feeds end with an error) and wait
                     // for it, so that the directory goes with it.
@@ -396,7 +401,10 @@ async fn pull_and_convert(
                 }
             },
             r = &mut convert, if converted.is_none() => match r {
-                Ok(Ok(v)) => converted = Some(v),
+                Ok(Ok(v)) => {
+                    converted = Some(v);
+                    converted_at = started.elapsed();
+                }
                 Ok(Err(e)) => {
                     // A layer that cannot be read because its download failed:
                     // the download's error says more.
@@ -434,10 +442,18 @@ async fn pull_and_convert(
         unpacked_bytes = stats.uncompressed_bytes,
         squashfs_bytes = stats.squashfs_bytes,
         unreferenced_bytes = stats.unreferenced_bytes,
+        resolved_ms = ms(resolved_at),
+        fetched_ms = ms(fetched_at),
+        converted_ms = ms(converted_at),
         secs = started.elapsed().as_secs_f64(),
         "pulled and converted"
     );
     Ok(id)
+}
+
+/// Milliseconds, for the phase times in the log.
+fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
 }
 
 /// Largest SIF accepted from a plain URL or the library's legacy API.
