@@ -834,12 +834,16 @@ async fn run() -> Res<()> {
     } else {
         println!("containerd: not measured ({CONTAINERD} not installed)");
     }
-    let comp = sycri::convert::Compression::host_default();
+    let toml_text = std::env::var("SYCRI_BENCH_SYCRI_TOML").unwrap_or_default();
+    let cfg: sycri::config::Config = toml::from_str(&toml_text).unwrap_or_default();
+    let comp = cfg
+        .image_compression
+        .resolve()
+        .unwrap_or_else(sycri::convert::Compression::host_default);
     println!(
-        "  sycri converts to a {} squashfs (default level {}; config {:?}) in a SIF; containerd unpacks into overlayfs and keeps the compressed layers",
+        "  sycri converts to a {} squashfs (level {}; config {toml_text:?}) in a SIF; containerd unpacks into overlayfs and keeps the compressed layers",
         comp.name(),
-        comp.default_level(),
-        std::env::var("SYCRI_BENCH_SYCRI_TOML").unwrap_or_default()
+        cfg.image_compression_level.unwrap_or(comp.default_level()),
     );
     println!(
         "  {rounds} rounds (pull, then RemoveImage) after a warm-up, one server each; load average before: {}\n",

@@ -90,6 +90,7 @@ pub enum ImageCompression {
     Auto,
     Zstd,
     Gzip,
+    None,
 }
 
 impl ImageCompression {
@@ -99,6 +100,7 @@ impl ImageCompression {
             ImageCompression::Auto => None,
             ImageCompression::Zstd => Some(crate::convert::Compression::Zstd),
             ImageCompression::Gzip => Some(crate::convert::Compression::Gzip),
+            ImageCompression::None => Some(crate::convert::Compression::None),
         }
     }
 }
@@ -390,6 +392,12 @@ mod tests {
         assert_eq!(c.image_compression, ImageCompression::Gzip);
         assert_eq!(c.image_compression_level, Some(9));
         assert_eq!(c.image_pull_progress_timeout.0.as_secs(), 90);
+        std::fs::write(dir.join("none.toml"), "image_compression = \"none\"\n").unwrap_or_default();
+        let none = Config::load(&dir.join("none.toml"), true).expect("load none");
+        assert_eq!(
+            none.image_compression.resolve(),
+            Some(crate::convert::Compression::None)
+        );
         assert_eq!(c.max_concurrent_downloads, 5);
         // Printed and read back.
         let text = toml::to_string(&c).expect("print");
@@ -405,6 +413,7 @@ mod tests {
         for bad in [
             "image_compression = \"xz\"\n",
             "image_compression = \"gzip\"\nimage_compression_level = 12\n",
+            "image_compression = \"none\"\nimage_compression_level = 1\n",
             "image_pull_progress_timeout = \"5 minutes\"\n",
             "image_pull_progress_timeout = \"\"\n",
             "max_concurrent_downloads = 0\n",

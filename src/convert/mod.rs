@@ -96,7 +96,13 @@ impl Converter {
             kind: opts.compression,
             level,
         };
-        let sqfs = SqfsWriter::new(file, codec, opts.jobs).map_err(|e| ConvertError::Io {
+        // Blocks stored as they are need no compressor threads.
+        let jobs = if opts.compression == Compression::None {
+            1
+        } else {
+            opts.jobs
+        };
+        let sqfs = SqfsWriter::new(file, codec, jobs).map_err(|e| ConvertError::Io {
             context: "start the squashfs writer".into(),
             source: e,
         })?;

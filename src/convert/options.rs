@@ -39,6 +39,9 @@ pub enum Compression {
     #[default]
     Gzip,
     Zstd,
+    /// Every block stored as it is: no compression work at all, the image is
+    /// as large as the files (every squashfs reader reads it).
+    None,
 }
 
 impl Compression {
@@ -46,15 +49,18 @@ impl Compression {
         match self {
             Compression::Gzip => "gzip",
             Compression::Zstd => "zstd",
+            Compression::None => "none",
         }
     }
 
     /// The level used when none is configured: zstd 1 (fast, within a few
-    /// percent of level 3's size on binaries), gzip 6 (zlib's default).
+    /// percent of level 3's size on binaries), gzip 6 (zlib's default); none
+    /// has only level 0.
     pub fn default_level(self) -> i32 {
         match self {
             Compression::Gzip => 6,
             Compression::Zstd => 1,
+            Compression::None => 0,
         }
     }
 
@@ -63,6 +69,7 @@ impl Compression {
         match self {
             Compression::Gzip => 1..=9,
             Compression::Zstd => 1..=22,
+            Compression::None => 0..=0,
         }
     }
 

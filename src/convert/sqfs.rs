@@ -54,10 +54,22 @@ pub(crate) struct Codec {
 }
 
 impl Codec {
+    /// The superblock's compressor id. An uncompressed image names gzip, which
+    /// every kernel with squashfs has (no block is ever handed to it).
     fn id(self) -> u16 {
         match self.kind {
-            Compression::Gzip => 1,
+            Compression::Gzip | Compression::None => 1,
             Compression::Zstd => 6,
+        }
+    }
+
+    /// Superblock flags this codec sets: for `none`, "inodes, data, fragments
+    /// and xattrs uncompressed" (bits 0, 1, 3 and 8), as mksquashfs -noI -noD
+    /// -noF -noX writes them; readers go by each block's own flag either way.
+    fn flags(self) -> u16 {
+        match self.kind {
+            Compression::None => 1 | 1 << 1 | 1 << 3 | 1 << 8,
+            Compression::Gzip | Compression::Zstd => 0,
         }
     }
 
@@ -68,6 +80,7 @@ impl Codec {
                 true,
             )),
             Compression::Zstd => Compressor::Zstd(zstd::bulk::Compressor::new(self.level)?),
+            Compression::None => Compressor::None,
         })
     }
 }
@@ -77,6 +90,8 @@ enum Compressor {
     /// zlib streams, as the kernel's squashfs gzip decompressor wants.
     Gzip(flate2::Compress),
     Zstd(zstd::bulk::Compressor<'static>),
+    /// Stores every block as it is.
+    None,
 }
 
 impl Compressor {
@@ -97,6 +112,7 @@ impl Compressor {
             Compressor::Zstd(c) => c
                 .compress_to_buffer(input, out)
                 .is_ok_and(|n| n < input.len()),
+            Compressor::None => false,
         }
     }
 }
@@ -617,7 +633,8 @@ impl SqfsWriter {
         sb.extend_from_slice(&(frag_seqs.len() as u32).to_le_bytes());
         sb.extend_from_slice(&codec.id().to_le_bytes());
         sb.extend_from_slice(&BLOCK_LOG.to_le_bytes());
-        let flags: u16 = if t.xattr_ids.is_empty() { 0x0200 } else { 0 };
+        // Bit 9: no xattrs at all.
+        let flags: u16 = codec.flags() | if t.xattr_ids.is_empty() { 0x0200 } else { 0 };
         sb.extend_from_slice(&flags.to_le_bytes());
         sb.extend_from_slice(&(t.ids.len() as u16).to_le_bytes());
         sb.extend_from_slice(&4u16.to_le_bytes());
