@@ -20,6 +20,9 @@
 //! it says so and exits 0; containerd is optional. SYCRI_BENCH_ROUNDS sets the
 //! rounds (default 5).
 
+mod common;
+
+use common::{env_num, kb_field, loadavg, Res};
 use flate2::write::GzEncoder;
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::MetadataExt;
@@ -29,7 +32,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 use sycri::proto::cri;
 use sycri::proto::cri::image_service_client::ImageServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 const BUSYBOX: &str = "/bin/busybox";
@@ -39,11 +42,8 @@ const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const MB: f64 = 1024.0 * 1024.0;
 
-type Res<T> = Result<T, String>;
-
 fn main() -> ExitCode {
-    // SAFETY: geteuid takes no arguments and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !common::is_root() {
         println!("pull bench: SKIPPED, needs root (sycri's server, containerd's snapshotter): run `cargo bench --bench pull` as root");
         return ExitCode::SUCCESS;
     }
@@ -74,14 +74,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(default)
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -488,24 +480,14 @@ fn busybox_layer() -> Res<Layer> {
 // ---------------------------------------------------------------------------
 // The servers, driven over CRI.
 
+/// A channel to the server at `sock` once it answers ListImages (30 s at most;
+/// `alive` fails as soon as the server is found gone).
 async fn connect_unix(sock: &Path, what: &str, mut alive: impl FnMut() -> Res<()>) -> Res<Channel> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         alive()?;
         if sock.exists() {
-            let s = sock.to_path_buf();
-            let ch = Endpoint::try_from("http://cri.invalid")
-                .map_err(|e| e.to_string())?
-                .connect_with_connector(tower::service_fn(move |_| {
-                    let s = s.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                            tokio::net::UnixStream::connect(s).await?,
-                        ))
-                    }
-                }))
-                .await;
-            if let Ok(ch) = ch {
+            if let Ok(ch) = common::connect_unix(sock).await {
                 let mut img = ImageServiceClient::new(ch.clone());
                 if img
                     .list_images(cri::ListImagesRequest::default())
@@ -699,16 +681,10 @@ fn dir_bytes(p: &Path) -> u64 {
     walk(p, &mut std::collections::HashSet::new())
 }
 
-/// kB values of VmRSS and VmHWM of a process.
+/// kB values of VmRSS and VmHWM of a process (0 when gone).
 fn rss_kb(pid: u32) -> (u64, u64) {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let get = |k: &str| {
-        s.lines()
-            .find(|l| l.starts_with(k))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let status = format!("/proc/{pid}/status");
+    let get = |k: &str| kb_field(&status, k).unwrap_or(0);
     (get("VmRSS:"), get("VmHWM:"))
 }
 
@@ -767,12 +743,6 @@ async fn pull_once(c: &mut Cri, image: &str) -> Res<Sample> {
         peak_kb,
         hwm_kb,
     })
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------
