@@ -14,8 +14,7 @@
 
 use super::backend::Backend;
 use super::request::{AttachParams, ExecParams, STREAM_CREATION_TIMEOUT};
-pub use super::session::Opts;
-use super::session::{sizes, Outcome, Output, Session};
+use super::session::{sizes, Opts, Outcome, Output, Session};
 use super::spdy;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +61,20 @@ pub enum Target {
 }
 
 impl Target {
+    /// The streams the request asked for, and whether it wants a terminal.
+    pub fn opts(&self) -> Opts {
+        let (stdin, stdout, stderr, tty) = match self {
+            Target::Exec(_, p) => (p.stdin, p.stdout, p.stderr, p.tty),
+            Target::Attach(_, p) => (p.stdin, p.stdout, p.stderr, p.tty),
+        };
+        Opts {
+            stdin,
+            stdout,
+            stderr,
+            tty,
+        }
+    }
+
     pub async fn run(self, s: Session) -> Outcome {
         match self {
             Target::Exec(rt, p) => super::exec::run(rt, p, s).await,
@@ -71,7 +84,8 @@ impl Target {
 }
 
 /// Exec or attach over SPDY with subprotocol `proto`.
-pub async fn serve_spdy(mut conn: spdy::Conn, proto: &str, opts: Opts, target: Target) {
+pub async fn serve_spdy(mut conn: spdy::Conn, proto: &str, target: Target) {
+    let opts = target.opts();
     let version = match proto {
         "v4.channel.k8s.io" => 4,
         "v3.channel.k8s.io" => 3,

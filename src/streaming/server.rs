@@ -261,24 +261,10 @@ pub async fn serve_spdy(
     match pending {
         Pending::PortForward(p) => portforward::serve_spdy(backend, p, conn).await,
         Pending::Exec(p) => {
-            let opts = remotecommand::Opts {
-                stdin: p.stdin,
-                stdout: p.stdout,
-                stderr: p.stderr,
-                tty: p.tty,
-            };
-            remotecommand::serve_spdy(conn, proto, opts, remotecommand::Target::Exec(backend, p))
-                .await
+            remotecommand::serve_spdy(conn, proto, remotecommand::Target::Exec(backend, p)).await
         }
         Pending::Attach(p) => {
-            let opts = remotecommand::Opts {
-                stdin: p.stdin,
-                stdout: p.stdout,
-                stderr: p.stderr,
-                tty: p.tty,
-            };
-            remotecommand::serve_spdy(conn, proto, opts, remotecommand::Target::Attach(backend, p))
-                .await
+            remotecommand::serve_spdy(conn, proto, remotecommand::Target::Attach(backend, p)).await
         }
     }
 }

@@ -17,7 +17,7 @@ use super::backend::Backend;
 use super::portforward;
 use super::remotecommand::{self, Target};
 use super::request::{Pending, PortForwardParams, PORTFORWARD_WS_TUNNEL};
-use super::session::{self, Opts, Outcome, Session};
+use super::session::{self, Outcome, Session};
 use super::spdy::Chunk;
 use super::wsframe::{self, Message, Writer, CLOSE_CHANNEL, MAX_SEND, OP_BINARY, OP_CLOSE};
 use std::sync::Arc;
@@ -85,22 +85,10 @@ pub async fn serve<IO>(
             serve_portforward_channels(backend, p, query, &mut messages, &w).await;
         }
         Pending::Exec(p) => {
-            let opts = Opts {
-                stdin: p.stdin,
-                stdout: p.stdout,
-                stderr: p.stderr,
-                tty: p.tty,
-            };
-            serve_remotecommand(&mut messages, &w, opts, Target::Exec(backend, p)).await;
+            serve_remotecommand(&mut messages, &w, Target::Exec(backend, p)).await;
         }
         Pending::Attach(p) => {
-            let opts = Opts {
-                stdin: p.stdin,
-                stdout: p.stdout,
-                stderr: p.stderr,
-                tty: p.tty,
-            };
-            serve_remotecommand(&mut messages, &w, opts, Target::Attach(backend, p)).await;
+            serve_remotecommand(&mut messages, &w, Target::Attach(backend, p)).await;
         }
     }
     w.raw(OP_CLOSE, 1000u16.to_be_bytes().to_vec()).await;
@@ -109,12 +97,8 @@ pub async fn serve<IO>(
     reader.abort();
 }
 
-async fn serve_remotecommand(
-    messages: &mut mpsc::Receiver<Message>,
-    w: &Writer,
-    opts: Opts,
-    target: Target,
-) {
+async fn serve_remotecommand(messages: &mut mpsc::Receiver<Message>, w: &Writer, target: Target) {
+    let opts = target.opts();
     let (stdin_tx, stdin_rx) = mpsc::channel::<Chunk>(16);
     let (resize_tx, resize_rx) = mpsc::channel::<Chunk>(4);
     let (gone_tx, gone_rx) = watch::channel(false);
