@@ -39,6 +39,11 @@ struct Plan {
     capabilities: Vec<String>,
     seccomp: Option<sycri_native::seccomp::Filter>,
     cgroups: Cgroups,
+    /// The image as the request names it.
+    image_ref: String,
+    /// When CreateContainer took the request: the same in the intent record
+    /// and the container's.
+    created_at_ns: i64,
 }
 
 /// A container with a copy of its status (and, verbose, its `info`).
@@ -70,8 +75,8 @@ impl Runtime {
         let image = self.images.get(&image_name).ok_or_else(|| {
             Error::NotFound(format!("image {image_name:?} not found; pull it first"))
         })?;
-        let plan = self.plan(&pod, config, image)?;
         let parent = self.cgroup_parent(&pod.meta.config)?;
+        let plan = self.plan(&pod, config, image, image_name, &parent)?;
         if parent != self.cfg.cgroup_parent_path() {
             // Normally the kubelet's pod cgroup; make sure it passes the
             // controllers on (sycri's own group was prepared at start).
@@ -123,7 +128,15 @@ impl Runtime {
 
     /// Works out the new container from its request, pod and image, and
     /// refuses a bad request before anything is made.
-    fn plan(&self, pod: &Pod, config: cri::ContainerConfig, image: ImageRecord) -> Result<Plan> {
+    fn plan(
+        &self,
+        pod: &Pod,
+        config: cri::ContainerConfig,
+        image: ImageRecord,
+        image_ref: String,
+        cgroup_parent: &str,
+    ) -> Result<Plan> {
+        let created_at_ns = now_ns();
         let sc = spec::security_context(&config);
         let pod_privileged = pod
             .meta
@@ -171,9 +184,7 @@ impl Runtime {
             pod.meta.id
         );
         let id = random_hex(32);
-        let cgroups = self
-            .engine
-            .cgroups_for(&self.cgroup_parent(&pod.meta.config)?, &id);
+        let cgroups = self.engine.cgroups_for(cgroup_parent, &id);
         Ok(Plan {
             log_path: spec::log_path(&config, &pod.meta),
             id,
@@ -190,6 +201,8 @@ impl Runtime {
             capabilities,
             seccomp,
             cgroups,
+            image_ref,
+            created_at_ns,
         })
     }
 
@@ -206,8 +219,8 @@ impl Runtime {
             pod_id: pod.meta.id.clone(),
             name_key: p.name_key.clone(),
             image_id: p.image.id.clone(),
-            image_ref: spec::image_name(&p.config)?,
-            created_at_ns: now_ns(),
+            image_ref: p.image_ref.clone(),
+            created_at_ns: p.created_at_ns,
             control_socket: self.container_run_dir(&p.id).join("ctl.sock"),
             cgroup: p.cgroups.v2.clone(),
             cgroups_v1: p.cgroups.v1.clone(),
@@ -295,8 +308,8 @@ impl Runtime {
                 pod_id: pod.meta.id.clone(),
                 name_key: p.name_key,
                 image_id: p.image.id.clone(),
-                image_ref: spec::image_name(&p.config)?,
-                created_at_ns: now_ns(),
+                image_ref: p.image_ref,
+                created_at_ns: p.created_at_ns,
                 log_path: p.log_path,
                 stop_signal: spec::stop_signal(&p.config, img_cfg),
                 control_socket,
