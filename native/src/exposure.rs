@@ -101,24 +101,61 @@ fn close_range(first: u32, last: u32) -> Result<(), Failure> {
     if e.raw_os_error() != Some(libc::ENOSYS) {
         return Err(Failure::internal("close_range", e));
     }
-    // Before Linux 5.9: one by one, up to the descriptor limit.
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    close_one_by_one(first, last)
+}
+
+/// close_range for kernels before Linux 5.9: the descriptors in
+/// `first..=last` that are open, one by one. /proc lists them, so a huge
+/// descriptor limit costs nothing; without /proc, every number up to the
+/// limit.
+fn close_one_by_one(first: u32, last: u32) -> Result<(), Failure> {
+    let numbers: Vec<u32> = match open_fds() {
+        Some(open) => open
+            .into_iter()
+            .filter_map(|fd| u32::try_from(fd).ok())
+            .filter(|fd| (first..=last).contains(fd))
+            .collect(),
+        None => {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes one rlimit into our local.
+            if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+                return Err(Failure::internal(
+                    "getrlimit",
+                    std::io::Error::last_os_error(),
+                ));
+            }
+            let top = u32::try_from(lim.rlim_cur.saturating_sub(1)).unwrap_or(u32::MAX);
+            (first..=last.min(top)).collect()
+        }
     };
-    // SAFETY: getrlimit writes one rlimit into our local.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(Failure::internal(
-            "getrlimit",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    let top = u32::try_from(lim.rlim_cur.saturating_sub(1)).unwrap_or(u32::MAX);
-    for fd in first..=last.min(top) {
+    for fd in numbers {
         // SAFETY: as above; EBADF for numbers not in use is expected.
         unsafe { libc::close(fd as RawFd) };
     }
     Ok(())
+}
+
+/// The descriptors open in this process, in order, from /proc/self/fd
+/// (without the one that lists them); None without /proc.
+pub(crate) fn open_fds() -> Option<Vec<RawFd>> {
+    let dir = std::fs::read_dir("/proc/self/fd").ok()?;
+    let mut listed: Vec<RawFd> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    listed.sort_unstable();
+    // The directory's own descriptor was among them and is closed now:
+    // whatever is listed and still open is what the process holds.
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    Some(
+        listed
+            .into_iter()
+            .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1)
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -128,7 +165,7 @@ mod tests {
 
     /// The descriptors below 64 that are open (probed, so that listing them
     /// opens none).
-    fn open_fds() -> Vec<RawFd> {
+    fn probed_fds() -> Vec<RawFd> {
         // SAFETY: F_GETFD on any number only reads its flags.
         (0..64)
             .filter(|fd| unsafe { libc::fcntl(*fd, libc::F_GETFD) } != -1)
@@ -173,12 +210,38 @@ mod tests {
             let mut kept = vec![1, b.as_raw_fd(), w.as_raw_fd()];
             kept.sort_unstable();
             let r = close_fds_except(&kept);
-            let left = open_fds();
+            let left = probed_fds();
             let _ = write!(w, "{r:?} {}", left == kept);
             // Closed already: their destructors must not run.
             std::mem::forget((a, b, c));
         });
         assert_eq!(out, "Ok(()) true");
+    }
+
+    #[test]
+    fn without_close_range_only_the_open_descriptors_in_range_are_closed() {
+        let out = in_child(|w| {
+            use std::io::Write;
+            let a = std::fs::File::open("/dev/null").expect("open");
+            let b = std::fs::File::open("/dev/null").expect("open");
+            let c = std::fs::File::open("/dev/null").expect("open");
+            let listed = super::open_fds()
+                .map(|v| v.into_iter().filter(|fd| *fd < 64).collect::<Vec<_>>())
+                == Some(probed_fds());
+            let bn = b.as_raw_fd() as u32;
+            let r = close_one_by_one(bn, bn);
+            let left = probed_fds();
+            let _ = write!(
+                w,
+                "{listed} {r:?} {} {} {}",
+                left.contains(&a.as_raw_fd()),
+                left.contains(&b.as_raw_fd()),
+                left.contains(&c.as_raw_fd())
+            );
+            // b is closed already: its destructor must not run.
+            std::mem::forget(b);
+        });
+        assert_eq!(out, "true Ok(()) true false true");
     }
 
     #[test]
