@@ -329,6 +329,46 @@ async fn cgroups_a_failed_create_could_not_remove_go_at_the_next_start() {
 }
 
 #[tokio::test]
+async fn a_create_whose_intent_record_cannot_be_written_makes_nothing() {
+    let test = "a_create_whose_intent_record_cannot_be_written_makes_nothing";
+    let Some(env) = Env::new(test).await else {
+        return;
+    };
+    let pod = env.pod("web").await;
+    let (cgroups, live) = (env.engine.cgroups(), env.engine.live());
+    // A file where the containers' state directories go: the intent record
+    // cannot be written.
+    let dir = env.dir.path().join("store/state/containers");
+    let aside = env.dir.path().join("store/state/containers.aside");
+    if dir.exists() {
+        std::fs::rename(&dir, &aside).expect("move aside");
+    }
+    std::fs::write(&dir, b"").expect("block");
+    let err = env
+        .rt
+        .create_container(env.container_request(&pod, "app", &["sleep", "1"]))
+        .await;
+    assert!(err.is_err(), "created without its intent record");
+    assert!(env.rt.list_containers().is_empty(), "listed");
+    assert_eq!(env.engine.cgroups(), cgroups, "cgroups made");
+    assert_eq!(env.engine.live(), live, "a process started");
+    std::fs::remove_file(&dir).expect("unblock");
+    if aside.exists() {
+        std::fs::rename(&aside, &dir).expect("move back");
+    }
+    // The name was given back.
+    let id = env
+        .rt
+        .create_container(env.container_request(&pod, "app", &["sleep", "1"]))
+        .await
+        .expect("create after the failure");
+    env.rt.remove_container(&id).await.expect("remove");
+    env.rt.stop_pod(&pod).await.expect("stop pod");
+    env.rt.remove_pod(&pod).await.expect("remove pod");
+    env.assert_empty();
+}
+
+#[tokio::test]
 async fn every_failed_step_of_run_pod_is_undone() {
     let Some(env) = Env::new("every_failed_step_of_run_pod_is_undone").await else {
         return;
