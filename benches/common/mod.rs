@@ -253,27 +253,10 @@ pub async fn connect_unix(sock: &Path) -> Res<Channel> {
 /// Live processes whose command line mentions `needle` (a server's helpers
 /// name its directories), with their arguments.
 pub fn processes_matching(needle: &str) -> Vec<(i32, Vec<String>)> {
-    let mut v = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return v;
-    };
-    for e in rd.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmd
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.iter().any(|a| a.contains(needle)) && rss_kb(pid).is_some() {
-            v.push((pid, args));
-        }
-    }
-    v
+    sycri_native::testing::processes()
+        .into_iter()
+        .filter(|(_, args)| args.iter().any(|a| a.contains(needle)))
+        .collect()
 }
 
 /// Live processes whose command line mentions `dir` (the server's helpers).

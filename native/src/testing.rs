@@ -9,6 +9,9 @@
 //! one of its checks out calls [`skip_part`]: it still counts as passed, and
 //! the summary lists what it left out (`<test>\t<reason>\t<part>`).
 //!
+//! Also what the test and benchmark harnesses ask of /proc to audit what a
+//! server left: which processes live ([`pid_alive`], [`processes`]).
+//!
 //! Used by the tests of every crate in the workspace (only std, so it costs
 //! the engine nothing); product code never calls it.
 
@@ -73,6 +76,45 @@ fn record(log: &Path, fields: &[&str]) -> std::io::Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Whether `pid` exists and is neither a zombie nor dead.
+pub fn pid_alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which is in parentheses and may
+    // hold anything, so look after the last ')'.
+    stat.rfind(')')
+        .and_then(|i| stat.get(i + 2..i + 3))
+        .is_some_and(|s| s != "Z" && s != "X")
+}
+
+/// Every live process with its arguments; kernel threads (no command line)
+/// left out.
+pub fn processes() -> Vec<(i32, Vec<String>)> {
+    let mut v = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return v;
+    };
+    for e in rd.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if cmd.is_empty() || !pid_alive(pid) {
+            continue;
+        }
+        let args = cmd
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        v.push((pid, args));
+    }
+    v
 }
 
 #[cfg(test)]
@@ -150,5 +192,33 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("no such dir").join("skips");
         assert!(record(&log, &["a_test", "needs root"]).is_err());
+    }
+
+    #[test]
+    fn a_zombie_is_not_alive_and_the_process_list_has_us() {
+        let me = std::process::id() as i32;
+        assert!(super::pid_alive(me));
+        let ours = super::processes()
+            .into_iter()
+            .find(|(p, _)| *p == me)
+            .map(|(_, a)| a);
+        let exe = std::env::args().next().unwrap_or_default();
+        assert_eq!(ours.and_then(|a| a.first().cloned()), Some(exe));
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = child.id() as i32;
+        // Exited and not yet reaped: a zombie.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while super::pid_alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!super::pid_alive(pid), "a zombie counts as alive");
+        assert!(
+            std::fs::metadata(format!("/proc/{pid}")).is_ok(),
+            "reaped before the check"
+        );
+        let _ = child.wait();
+        assert!(!super::pid_alive(pid));
     }
 }

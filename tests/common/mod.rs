@@ -402,22 +402,11 @@ pub fn loops_under(dir: &Path) -> Vec<(u32, PathBuf)> {
 pub fn processes_under(dir: &Path) -> Vec<(i32, String)> {
     let needle = dir.to_string_lossy().into_owned();
     let servers: Vec<u32> = SERVER_PIDS.lock().map(|v| v.clone()).unwrap_or_default();
-    let mut v = Vec::new();
-    if let Ok(rd) = std::fs::read_dir("/proc") {
-        for e in rd.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(&needle) && pid_alive(pid) && !servers.contains(&(pid as u32)) {
-                v.push((pid, cmd));
-            }
-        }
-    }
-    v
+    sycri_native::testing::processes()
+        .into_iter()
+        .map(|(pid, args)| (pid, args.join(" ")))
+        .filter(|(pid, cmd)| cmd.contains(&needle) && !servers.contains(&(*pid as u32)))
+        .collect()
 }
 
 fn kill_processes_under(dir: &Path) {
@@ -427,16 +416,7 @@ fn kill_processes_under(dir: &Path) {
     }
 }
 
-/// Whether `pid` exists and is not a zombie.
-pub fn pid_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rfind(')')
-            .map(|i| !s[i + 2..].starts_with('Z'))
-            .unwrap_or(false),
-        Err(_) => false,
-    }
-}
+pub use sycri_native::testing::pid_alive;
 
 /// The cgroup group the harness gives the server on `dir` (config
 /// `cgroup_parent`): one per server, so that what it leaves is its own.

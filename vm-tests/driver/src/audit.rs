@@ -53,33 +53,14 @@ pub fn procs_below(dir: &Path) -> Vec<i32> {
     v
 }
 
-/// Whether `pid` exists and is not a zombie.
-pub fn pid_alive(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    stat.rfind(')')
-        .and_then(|i| stat.get(i + 2..i + 3))
-        .is_some_and(|s| s != "Z" && s != "X")
-}
+pub use sycri_native::testing::pid_alive;
 
 /// Every live process: (pid, command line).
 pub fn processes() -> Vec<(i32, String)> {
-    let mut v = Vec::new();
-    if let Ok(rd) = std::fs::read_dir("/proc") {
-        for e in rd.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
-            if !cmd.is_empty() && pid_alive(pid) {
-                v.push((pid, String::from_utf8_lossy(&cmd).replace('\0', " ")));
-            }
-        }
-    }
-    v
+    sycri_native::testing::processes()
+        .into_iter()
+        .map(|(pid, args)| (pid, args.join(" ")))
+        .collect()
 }
 
 /// Live processes running the helper binary (monitors, pod sandboxes,
