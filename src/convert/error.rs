@@ -37,6 +37,10 @@ pub enum ConvertError {
 
     #[error("cannot write the SIF image: {0}")]
     Sif(#[from] SifError),
+
+    /// A saved first-layer state that cannot be used (see `base`).
+    #[error("the saved first layer cannot be used: {0}")]
+    Base(String),
 }
 
 impl From<ConvertError> for crate::error::Error {
@@ -49,7 +53,7 @@ impl From<ConvertError> for crate::error::Error {
             | ConvertError::InvalidConfig(_) => Error::InvalidArgument(e.to_string()),
             ConvertError::TooLarge { .. } => Error::ResourceExhausted(e.to_string()),
             ConvertError::Io { context, source } => Error::Io { context, source },
-            ConvertError::Sif(_) => Error::Internal(e.to_string()),
+            ConvertError::Sif(_) | ConvertError::Base(_) => Error::Internal(e.to_string()),
         }
     }
 }

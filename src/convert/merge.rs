@@ -23,12 +23,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use serde::{Deserialize, Serialize};
+
 use super::error::ConvertError;
 use super::tar_read::{Entry, Kind};
 
 /// Metadata of a directory (kept in memory until pass 2 writes all directories
 /// first).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct DirMeta {
     pub mode: u32,
     pub uid: u64,
@@ -60,14 +62,14 @@ impl DirMeta {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 enum NodeKind {
     Dir(Box<DirMeta>),
     /// Index into `Merger::inodes`.
     Inode(u64),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Node {
     /// Layer that last wrote this path.
     layer: usize,
@@ -76,7 +78,7 @@ struct Node {
 
 /// A file, symlink or FIFO entry: its header (without the path) and what the
 /// caller keeps with it (where its data went).
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct InodeInfo<P> {
     pub entry: Entry,
     pub data: P,
@@ -131,6 +133,60 @@ fn below(dir: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
 
 fn lossy(p: &[u8]) -> String {
     String::from_utf8_lossy(p).into_owned()
+}
+
+/// A merger's state between two layers, as [`Merger::save`] writes it.
+#[derive(Serialize)]
+struct SavedRef<'a, P> {
+    tree: Vec<(&'a Vec<u8>, &'a Node)>,
+    root: &'a DirMeta,
+    inodes: &'a [InodeInfo<P>],
+    entries: u64,
+}
+
+#[derive(Deserialize)]
+struct Saved<P> {
+    tree: Vec<(Vec<u8>, Node)>,
+    root: DirMeta,
+    inodes: Vec<InodeInfo<P>>,
+    entries: u64,
+}
+
+impl<P: Serialize + for<'de> Deserialize<'de>> Merger<P> {
+    /// The merged state so far, to go on from later with [`Merger::restore`].
+    pub fn save(&self) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&SavedRef {
+            tree: self.tree.iter().collect(),
+            root: &self.root,
+            inodes: &self.inodes,
+            entries: self.entries,
+        })
+    }
+
+    /// A merger that goes on from a saved state; `check` vets each inode's
+    /// payload (it comes from a file). Every inode a path names must exist.
+    pub fn restore(
+        bytes: &[u8],
+        max_entries: u64,
+        check: impl Fn(&P) -> bool,
+    ) -> Result<Self, String> {
+        let s: Saved<P> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let n = s.inodes.len() as u64;
+        let bad_node = s.tree.iter().any(|(_, node)| match node.kind {
+            NodeKind::Inode(i) => i >= n,
+            NodeKind::Dir(_) => false,
+        });
+        if bad_node || s.entries > max_entries || !s.inodes.iter().all(|i| check(&i.data)) {
+            return Err("the saved layer names inodes or data it does not have".into());
+        }
+        Ok(Merger {
+            tree: s.tree.into_iter().collect(),
+            root: s.root,
+            inodes: s.inodes,
+            entries: s.entries,
+            max_entries,
+        })
+    }
 }
 
 impl<P> Merger<P> {

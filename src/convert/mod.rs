@@ -23,6 +23,7 @@
 //! `.wh..wh.*` metadata are ignored; times are clamped to squashfs' 32 bits;
 //! uids and gids must fit 32 bits.
 
+mod base;
 mod error;
 mod layer;
 mod merge;
@@ -42,6 +43,7 @@ use std::time::Instant;
 
 use sycri_native::sif::SifBuilder;
 
+pub use base::{load as load_base, BaseLayer};
 pub use error::ConvertError;
 use merge::{DirMeta, Merger};
 pub use options::{Compression, ConvertOptions, ConvertStats, Layer, Limits};
@@ -72,6 +74,10 @@ pub struct Converter {
     next: usize,
     started: Instant,
     compression: Compression,
+    /// The state after the first layer this image went on from, if any.
+    base: Option<BaseLayer>,
+    /// The state after the first layer, until the block placement is known.
+    pending: Option<base::Pending>,
 }
 
 impl Converter {
@@ -81,6 +87,21 @@ impl Converter {
         layers: usize,
         opts: &ConvertOptions,
     ) -> Result<Converter, ConvertError> {
+        let (codec, jobs, tmp, file) = Self::prepare(out, opts)?;
+        let sqfs = SqfsWriter::new(file, codec, jobs).map_err(|e| ConvertError::Io {
+            context: "start the squashfs writer".into(),
+            source: e,
+        })?;
+        let merger = Merger::new(opts.limits.max_entries);
+        Ok(Self::assemble(out, layers, opts, merger, sqfs, tmp))
+    }
+
+    /// The codec and compressor threads `opts` ask for, and the temporary
+    /// output file.
+    fn prepare(
+        out: &Path,
+        opts: &ConvertOptions,
+    ) -> Result<(Codec, usize, TempOut, File), ConvertError> {
         let level = opts
             .level
             .unwrap_or_else(|| opts.compression.default_level());
@@ -102,12 +123,19 @@ impl Converter {
         } else {
             opts.jobs
         };
-        let sqfs = SqfsWriter::new(file, codec, jobs).map_err(|e| ConvertError::Io {
-            context: "start the squashfs writer".into(),
-            source: e,
-        })?;
-        Ok(Converter {
-            merger: Merger::new(opts.limits.max_entries),
+        Ok((codec, jobs, tmp, file))
+    }
+
+    fn assemble(
+        out: &Path,
+        layers: usize,
+        opts: &ConvertOptions,
+        merger: Merger<Option<FileData>>,
+        sqfs: SqfsWriter,
+        tmp: TempOut,
+    ) -> Converter {
+        Converter {
+            merger,
             sqfs,
             tmp,
             out: out.to_path_buf(),
@@ -117,7 +145,9 @@ impl Converter {
             next: 0,
             started: Instant::now(),
             compression: opts.compression,
-        })
+            base: None,
+            pending: None,
+        }
     }
 
     /// Reads the next layer from `blob` (its media type as the manifest says).
@@ -160,12 +190,32 @@ impl Converter {
         );
         self.used = r.used();
         self.next += 1;
+        if i == 0 {
+            // Saved now, completed by finish: another image with this first
+            // layer can go on from here.
+            match self.merger.save() {
+                Ok(merger) => {
+                    self.pending = Some(base::Pending {
+                        boundary: self.sqfs.boundary(),
+                        merger,
+                        used: self.used,
+                    })
+                }
+                Err(e) => tracing::debug!(error = %e, "the first layer's state is not kept"),
+            }
+        }
         Ok(())
     }
 
     /// Writes the image's tables and puts the image at its path (not synced:
     /// it is an intermediate file; what keeps it must sync it).
     pub fn finish(self) -> Result<ConvertStats, ConvertError> {
+        self.finish_with_base().map(|(stats, _)| stats)
+    }
+
+    /// [`Self::finish`], and the state after the image's first layer, for
+    /// images that start with the same layer (see [`base`]).
+    pub fn finish_with_base(mut self) -> Result<(ConvertStats, Option<BaseLayer>), ConvertError> {
         if self.next != self.layers {
             return Err(ConvertError::InvalidLayer {
                 layer: self.next,
@@ -205,7 +255,13 @@ impl Converter {
                 .collect(),
         };
         drop(plan.dirs);
+        let codec = self.sqfs.codec();
         let written = self.sqfs.finish(tree)?;
+        let base = match (self.base.take(), self.pending.take()) {
+            (Some(b), _) => Some(b),
+            (None, Some(p)) => p.complete(codec, &written.placed, written.data_end),
+            (None, None) => None,
+        };
         let squashfs_bytes = self.tmp.commit(&self.out)?;
         debug_assert_eq!(squashfs_bytes, written.bytes);
         let stats = ConvertStats {
@@ -226,7 +282,7 @@ impl Converter {
             out = %self.out.display(),
             "converted layers to squashfs"
         );
-        Ok(stats)
+        Ok((stats, base))
     }
 }
 

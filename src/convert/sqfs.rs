@@ -32,7 +32,7 @@ const BLOCK_LOG: u16 = 17;
 /// Uncompressed size of a metadata block.
 const META_SIZE: usize = 8192;
 const META_UNCOMPRESSED: u16 = 0x8000;
-const BLOCK_UNCOMPRESSED: u32 = 1 << 24;
+pub(crate) const BLOCK_UNCOMPRESSED: u32 = 1 << 24;
 const INVALID_FRAG: u32 = u32::MAX;
 const INVALID_XATTR: u32 = u32::MAX;
 const INVALID_BLK: u64 = u64::MAX;
@@ -191,16 +191,20 @@ impl DataWriter {
         }
     }
 
-    fn new(file: Arc<File>, base: u64, codec: Codec, threads: usize) -> io::Result<DataWriter> {
+    /// Blocks go after what `start` has placed; the first one gets sequence
+    /// number `next_seq` (which must be how many `start` has).
+    fn new(
+        file: Arc<File>,
+        base: u64,
+        codec: Codec,
+        threads: usize,
+        start: Placed,
+        next_seq: u64,
+    ) -> io::Result<DataWriter> {
         let mut w = DataWriter::idle(file, base);
+        w.next_seq = next_seq;
         if threads <= 1 {
-            w.inline = Some((
-                codec.compressor()?,
-                Placed {
-                    end: base_data_start(),
-                    ..Placed::default()
-                },
-            ));
+            w.inline = Some((codec.compressor()?, start));
             return Ok(w);
         }
         // Buffers in flight (raw + compressed pairs) bound the memory: about
@@ -231,12 +235,9 @@ impl DataWriter {
         drop(done_tx);
         let (file, failed) = (w.file.clone(), w.failed.clone());
         w.writer = Some(std::thread::spawn(move || {
-            let mut placed = Placed {
-                end: base_data_start(),
-                ..Placed::default()
-            };
+            let mut placed = start;
             let mut waiting: HashMap<u64, (Job, bool)> = HashMap::new();
-            let mut next = 0u64;
+            let mut next = next_seq;
             while let Ok((job, compressed)) = done_rx.recv() {
                 waiting.insert(job.seq, (job, compressed));
                 while let Some((job, compressed)) = waiting.remove(&next) {
@@ -333,7 +334,7 @@ fn closed() -> io::Error {
 }
 
 /// Data start right after the superblock (no compressor options are written).
-fn base_data_start() -> u64 {
+pub(crate) fn base_data_start() -> u64 {
     SUPERBLOCK_SIZE
 }
 
@@ -408,7 +409,7 @@ impl MetaWriter {
 // What the converter hands over.
 
 /// Where a regular file's data went.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct FileData {
     pub size: u64,
     /// Sequence numbers of its blocks (`SPARSE` for all-zero blocks).
@@ -417,6 +418,26 @@ pub(crate) struct FileData {
     next_seq: u64,
     /// Fragment index and offset, for files smaller than a block.
     frag: Option<(u32, u32)>,
+}
+
+impl FileData {
+    /// Whether it only names blocks below `next_seq` and fragments that
+    /// exist (`frags` written, the open one `open_len` bytes long).
+    pub(crate) fn fits(&self, next_seq: u64, frags: usize, open_len: usize) -> bool {
+        let blocks = self.blocks.iter().all(|&b| b == SPARSE || b < next_seq);
+        let frag = match self.frag {
+            None => true,
+            Some((i, at)) => {
+                let end = at as u64 + self.size;
+                if (i as usize) < frags {
+                    end <= BLOCK_SIZE as u64
+                } else {
+                    i as usize == frags && end <= open_len as u64
+                }
+            }
+        };
+        blocks && frag && self.next_seq <= next_seq
+    }
 }
 
 /// Attributes of an inode.
@@ -479,19 +500,93 @@ pub(crate) struct Written {
     /// Image size, padded.
     pub bytes: u64,
     pub inodes: u32,
+    /// Where each data block went (offset, size field), by sequence number.
+    pub placed: Vec<(u64, u32)>,
+    /// End of the data blocks.
+    pub data_end: u64,
+}
+
+/// The writer between two layers: what a later conversion needs to go on
+/// from the same point over a copy of the data written so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Boundary {
+    /// Blocks submitted so far.
+    pub next_seq: u64,
+    /// The open fragment block's bytes.
+    #[serde(with = "hex_bytes")]
+    pub frag: Vec<u8>,
+    /// Sequence numbers of the fragment blocks written.
+    pub frag_seqs: Vec<u64>,
+}
+
+mod hex_bytes {
+    pub fn serialize<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(b))
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text: String = serde::Deserialize::deserialize(d)?;
+        hex::decode(text).map_err(serde::de::Error::custom)
+    }
 }
 
 impl SqfsWriter {
     /// Writes an image into `file` (from offset 0) with `threads` compressor threads.
     pub fn new(file: File, codec: Codec, threads: usize) -> io::Result<SqfsWriter> {
+        let start = Placed {
+            end: base_data_start(),
+            ..Placed::default()
+        };
+        Self::with(file, codec, threads, start, Boundary::default())
+    }
+
+    /// Goes on at `at` over `file`, which already holds the data blocks that
+    /// `placed` says (from offset 0, as the image that wrote them had them).
+    pub fn resume(
+        file: File,
+        codec: Codec,
+        threads: usize,
+        at: Boundary,
+        placed: Vec<(u64, u32)>,
+        data_end: u64,
+    ) -> io::Result<SqfsWriter> {
+        let start = Placed {
+            at: placed,
+            end: data_end,
+            error: None,
+        };
+        Self::with(file, codec, threads, start, at)
+    }
+
+    fn with(
+        file: File,
+        codec: Codec,
+        threads: usize,
+        start: Placed,
+        at: Boundary,
+    ) -> io::Result<SqfsWriter> {
         let file = Arc::new(file);
+        let mut frag = at.frag;
+        frag.reserve(BLOCK_SIZE.saturating_sub(frag.len()));
         Ok(SqfsWriter {
-            data: DataWriter::new(file.clone(), 0, codec, threads)?,
+            data: DataWriter::new(file.clone(), 0, codec, threads, start, at.next_seq)?,
             file,
             codec,
-            frag: Vec::with_capacity(BLOCK_SIZE),
-            frag_seqs: Vec::new(),
+            frag,
+            frag_seqs: at.frag_seqs,
         })
+    }
+
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// Where the writer is now (between two files).
+    pub fn boundary(&self) -> Boundary {
+        Boundary {
+            next_seq: self.data.next_seq,
+            frag: self.frag.clone(),
+            frag_seqs: self.frag_seqs.clone(),
+        }
     }
 
     fn io(what: &str) -> impl FnOnce(io::Error) -> ConvertError + '_ {
@@ -652,6 +747,8 @@ impl SqfsWriter {
         Ok(Written {
             bytes: padded,
             inodes: count,
+            data_end: placed.end,
+            placed: placed.at,
         })
     }
 

@@ -25,7 +25,7 @@ const MAX_LINK: usize = 4095;
 const COPY_BUF: usize = 128 * 1024;
 
 /// Kinds of entries that may end up in the image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Kind {
     Regular,
     Hardlink,
@@ -35,7 +35,7 @@ pub(crate) enum Kind {
 }
 
 /// One tar entry (after its extension headers were applied).
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Entry {
     /// Normalized path, without `./` or trailing `/`; `None` for the root.
     pub path: Option<Vec<u8>>,

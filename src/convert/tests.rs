@@ -1493,3 +1493,137 @@ fn random_trees_round_trip_through_unsquashfs_and_the_kernel() {
         }
     }
 }
+
+/// Converts `layers` in full; the image's bytes and its first layer's state.
+fn convert_keeping_base(layers: &[Layer], out: &Path, o: &ConvertOptions) -> (Vec<u8>, BaseLayer) {
+    let mut c = Converter::new(out, layers.len(), o).expect("start");
+    for l in layers {
+        c.add_layer(&l.media_type, std::fs::File::open(&l.path).expect("open"))
+            .expect("layer");
+    }
+    let (_, base) = c.finish_with_base().expect("finish");
+    (
+        std::fs::read(out).expect("read"),
+        base.expect("a first-layer state"),
+    )
+}
+
+/// Goes on from `base` (saved from the image at `src`) with `layers[1..]`.
+fn convert_from_base(
+    layers: &[Layer],
+    base: &BaseLayer,
+    src: &Path,
+    out: &Path,
+    o: &ConvertOptions,
+) -> Result<(Vec<u8>, Option<BaseLayer>), ConvertError> {
+    let f = std::fs::File::open(src).expect("open source");
+    let len = f.metadata().expect("stat").len();
+    let mut c = Converter::resume(out, layers.len(), o, base, &f, 0, len)?;
+    for l in &layers[1..] {
+        c.add_layer(&l.media_type, std::fs::File::open(&l.path).expect("open"))?;
+    }
+    let (_, b) = c.finish_with_base()?;
+    Ok((std::fs::read(out).expect("read"), b))
+}
+
+#[test]
+fn going_on_from_a_saved_first_layer_makes_the_same_image() {
+    let (l1, l2, l3) = three_layers();
+    let mut rng = Rng(0x5eed_0000_0000_0b5e);
+    let big = random_layer(&mut rng, 150);
+    let sets: Vec<Vec<&[u8]>> = vec![
+        vec![&l1, &l2, &l3],
+        vec![&big.tar, &l1, &l2, &l3],
+        vec![&big.tar, &l3],
+        vec![&l1],
+    ];
+    for compression in [Compression::Zstd, Compression::None] {
+        for jobs in [1, 3] {
+            for (n, set) in sets.iter().enumerate() {
+                let fx = Fixture::new();
+                let blobs: Vec<(&[u8], &str)> = set.iter().map(|l| (*l, PLAIN)).collect();
+                let layers = fx.layers(&blobs);
+                let mut o = opts(1 << 30, 100_000);
+                o.compression = compression;
+                o.jobs = jobs;
+                let (full, base) = convert_keeping_base(&layers, &fx.out(), &o);
+                // Through its file form, as the store keeps it.
+                let base = BaseLayer::from_bytes(&base.to_bytes()).expect("read back");
+                let again = fx.out_dir.join("again.sqfs");
+                let (resumed, base2) =
+                    convert_from_base(&layers, &base, &fx.out(), &again, &o).expect("resume");
+                assert!(
+                    full == resumed,
+                    "set {n}, {compression:?}, {jobs} jobs: the images differ"
+                );
+                assert_eq!(
+                    base2.map(|b| b.to_bytes()),
+                    Some(base.to_bytes()),
+                    "the new image keeps the same first-layer state"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_saved_first_layer_that_does_not_fit_is_refused() {
+    let (_, l2, _) = three_layers();
+    let mut rng = Rng(0x5eed_0000_0000_0bad);
+    let big = random_layer(&mut rng, 100);
+    let fx = Fixture::new();
+    let layers = fx.layers(&[(&big.tar, PLAIN), (&l2, PLAIN)]);
+    let o = opts(1 << 30, 100_000);
+    let (_, base) = convert_keeping_base(&layers, &fx.out(), &o);
+    let text = String::from_utf8(base.to_bytes()).expect("utf-8");
+    let (head, tree) = text.split_once('\n').expect("two parts");
+    let again = fx.out_dir.join("again.sqfs");
+    let refused = |bytes: &[u8], o: &ConvertOptions| {
+        let b = match BaseLayer::from_bytes(bytes) {
+            Ok(b) => b,
+            Err(e) => return matches!(e, ConvertError::Base(_)),
+        };
+        matches!(
+            convert_from_base(&layers, &b, &fx.out(), &again, o),
+            Err(ConvertError::Base(_))
+        )
+    };
+    let v: serde_json::Value = serde_json::from_str(head).expect("header");
+    let with = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut h = v.clone();
+        f(&mut h);
+        format!("{h}\n{tree}").into_bytes()
+    };
+    // Data beyond the stored image, a block outside the layer's data, a
+    // fragment block that was never written, another format.
+    assert!(refused(&with(&|h| h["data_end"] = (1u64 << 40).into()), &o));
+    assert!(refused(
+        &with(&|h| h["placed"][0] = serde_json::json!([1u64 << 30, 100])),
+        &o
+    ));
+    assert!(refused(
+        &with(&|h| h["boundary"]["frag_seqs"] = serde_json::json!([1u64 << 20])),
+        &o
+    ));
+    assert!(refused(&with(&|h| h["format"] = 99.into()), &o));
+    // An inode number the tree does not have; a file whose blocks are not there.
+    assert!(refused(
+        format!(
+            "{head}\n{}",
+            tree.replacen("\"Inode\":", "\"Inode\":9999999", 1)
+        )
+        .as_bytes(),
+        &o
+    ));
+    let no_blocks = tree.replacen("\"blocks\":[", "\"blocks\":[4000000,", 1);
+    assert_ne!(no_blocks, tree, "the tree has a file with blocks");
+    assert!(refused(format!("{head}\n{no_blocks}").as_bytes(), &o));
+    assert!(refused(b"{}", &o));
+    assert!(refused(&base.to_bytes()[..head.len() + 10], &o));
+    // Saved with another compression.
+    let mut other = opts(1 << 30, 100_000);
+    other.compression = Compression::Zstd;
+    assert!(refused(&base.to_bytes(), &other));
+    // And the untouched state is taken.
+    assert!(!refused(&base.to_bytes(), &o));
+}
