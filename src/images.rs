@@ -61,6 +61,10 @@ pub struct ImageRecord {
     #[serde(default)]
     pub config: Option<ImageConfig>,
     pub pulled_at_ns: i64,
+    /// Digest of the first layer whose converter state is kept beside the
+    /// SIF (`<hex>.base`), for images that start with the same layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_layer: Option<String>,
 }
 
 impl ImageRecord {
@@ -121,6 +125,9 @@ fn sif_error(source: &str, e: SifError) -> Error {
     }
 }
 
+/// File name suffix of a saved first-layer state beside `<hex>.sif`.
+const BASE_SUFFIX: &str = ".base";
+
 impl ImageStore {
     pub fn open(storage_dir: &Path, run_dir: &Path) -> Result<ImageStore> {
         let dir = storage_dir.join("images");
@@ -140,11 +147,21 @@ impl ImageStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Index::default(),
             Err(e) => return Err(Error::io(format!("read {}", index_path.display()), e)),
         };
-        // Drop what interrupted pulls left.
+        // Drop what interrupted pulls left, and saved layer states whose
+        // image is gone (a removal interrupted between the two files).
         let _ = fs::remove_dir_all(dir.join("tmp"));
+        let index: Index = index;
         if let Ok(rd) = fs::read_dir(&blobs) {
             for e in rd.flatten() {
-                if e.file_name().to_string_lossy().starts_with(".pull-") {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let stray_base = name.strip_suffix(BASE_SUFFIX).is_some_and(|hex| {
+                    !index
+                        .images
+                        .iter()
+                        .any(|r| r.hex() == hex && r.base_layer.is_some())
+                });
+                let base_temp = name.starts_with('.') && name.contains(".base.tmp");
+                if name.starts_with(".pull-") || stray_base || base_temp {
                     let _ = fs::remove_file(e.path());
                 }
             }
@@ -166,6 +183,22 @@ impl ImageStore {
 
     pub fn blob_path(&self, rec: &ImageRecord) -> PathBuf {
         self.blobs.join(&rec.file)
+    }
+
+    fn base_path(&self, hex: &str) -> PathBuf {
+        self.blobs.join(format!("{hex}{BASE_SUFFIX}"))
+    }
+
+    /// A stored image whose first layer is `layer` and whose converter
+    /// state after it is kept: its record and the state's file.
+    pub fn base_for(&self, layer: &str) -> Option<(ImageRecord, PathBuf)> {
+        let index = lock(&self.index);
+        index
+            .images
+            .iter()
+            .filter(|r| r.base_layer.as_deref() == Some(layer))
+            .map(|r| (r.clone(), self.base_path(r.hex())))
+            .find(|(_, p)| p.exists())
     }
 
     /// Where the image's root filesystem is mounted (shared by its containers).
@@ -278,6 +311,7 @@ impl ImageStore {
             config,
             Some(normalize(reference)),
             None,
+            None,
         )
     }
 
@@ -291,12 +325,15 @@ impl ImageStore {
 
     /// Adds a SIF made from a registry image (`sif` is moved into the store)
     /// under its id (the image config's digest), with a tag and a repo digest.
+    /// `base`: the digest of the image's first layer and the converter's
+    /// state after it, kept for images that start with the same layer.
     pub fn add_converted(
         &self,
         sif: &Path,
         id: &str,
         tag: Option<String>,
         repo_digest: Option<String>,
+        base: Option<(String, Vec<u8>)>,
     ) -> Result<ImageRecord> {
         let hex = id
             .strip_prefix("sha256:")
@@ -310,7 +347,17 @@ impl ImageStore {
             .map_err(|e| Error::io(format!("stat {}", sif.display()), e))?
             .len();
         let (config, offset, size) = inspect_sif(&mut f, &sif.display().to_string())?;
-        self.insert(sif, hex, total, offset, size, config, tag, repo_digest)
+        self.insert(
+            sif,
+            hex,
+            total,
+            offset,
+            size,
+            config,
+            tag,
+            repo_digest,
+            base,
+        )
     }
 
     /// Adds a tag and a repo digest to an image already stored.
@@ -355,6 +402,7 @@ impl ImageStore {
         config: Option<ImageConfig>,
         tag: Option<String>,
         repo_digest: Option<String>,
+        base: Option<(String, Vec<u8>)>,
     ) -> Result<ImageRecord> {
         let file = format!("{hex}.sif");
         let dest = self.blobs.join(&file);
@@ -387,6 +435,18 @@ impl ImageStore {
                 r.clone()
             }
             None => {
+                // Not synced: a state lost in a crash only means that the
+                // next image with this first layer converts it again (and
+                // one that cannot be read is not used).
+                let base_layer = base.and_then(|(layer, bytes)| {
+                    match sycri_native::util::write_atomic(&self.base_path(hex), &bytes) {
+                        Ok(()) => Some(layer),
+                        Err(e) => {
+                            tracing::warn!(image = %id, error = %e, "the first layer's state is not kept");
+                            None
+                        }
+                    }
+                });
                 let rec = ImageRecord {
                     id,
                     tags: tag.into_iter().collect(),
@@ -397,6 +457,7 @@ impl ImageStore {
                     rootfs_size: size,
                     config,
                     pulled_at_ns: now_ns(),
+                    base_layer,
                 };
                 index.images.push(rec.clone());
                 rec
@@ -427,6 +488,7 @@ impl ImageStore {
         self.save(&index)?;
         drop(index);
         let _ = fs::remove_dir_all(self.mounts.join(rec.hex()));
+        let _ = fs::remove_file(self.base_path(rec.hex()));
         match fs::remove_file(self.blob_path(&rec)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -301,18 +301,40 @@ async fn pull_and_convert(
     }
     tracing::info!(image = %reference, digest = %resolved.digest, server = %resolved.server, layers = m.layers.len(), bytes = total, "pulling image");
     let dir = Arc::new(TempDir(images.temp_dir()?));
+    let sqfs_path = dir.0.join("rootfs.squashfs");
+
+    // A stored image that starts with the same layer: go on from there,
+    // without downloading or converting that layer again. (A first layer
+    // that is not a tar layer is left to the full conversion to refuse.)
+    let resumed = match m.layers.first() {
+        Some(first) if convert::check_media_type(0, &first.media_type).is_ok() => {
+            let (images, first, out, n, opts) = (
+                images.clone(),
+                first.digest.clone(),
+                sqfs_path.clone(),
+                m.layers.len(),
+                inner.convert.clone(),
+            );
+            tokio::task::spawn_blocking(move || resume_from_stored(&images, &first, &out, n, &opts))
+                .await
+                .ok()
+                .flatten()
+        }
+        _ => None,
+    };
+    let skip = usize::from(resumed.is_some());
+    let base_layer = m.layers.first().map(|l| l.digest.clone());
 
     // One feed per distinct layer; the converter reads them in manifest order.
     let mut unique: Vec<(Descriptor, Arc<Feed>, usize)> = Vec::new();
-    for l in &m.layers {
+    for l in &m.layers[skip..] {
         if !unique.iter().any(|(d, _, _)| d.digest == l.digest) {
             let i = progress.add_blob(&l.digest, l.size);
             unique.push((l.clone(), Feed::new(), i));
         }
     }
     let cfg_blob = progress.add_blob(&m.config.digest, m.config.size);
-    let readers: Vec<(String, crate::registry::FeedReader)> = m
-        .layers
+    let readers: Vec<(String, crate::registry::FeedReader)> = m.layers[skip..]
         .iter()
         .filter_map(|l| {
             let (_, f, _) = unique.iter().find(|(d, _, _)| d.digest == l.digest)?;
@@ -323,15 +345,18 @@ async fn pull_and_convert(
         .iter()
         .map(|(_, f, _)| FeedGuard(f.clone()))
         .collect();
-    let (opts, conv_dir) = (inner.convert.clone(), dir.clone());
+    let (opts, conv_dir, layers) = (inner.convert.clone(), dir.clone(), m.layers.len());
+    let reused = resumed.is_some();
     let convert = tokio::task::spawn_blocking(move || {
-        let sqfs = conv_dir.0.join("rootfs.squashfs");
-        let mut c = Converter::new(&sqfs, readers.len(), &opts)?;
+        let mut c = match resumed {
+            Some(c) => c,
+            None => Converter::new(&sqfs_path, layers, &opts)?,
+        };
         for (media_type, r) in readers {
             c.add_layer(&media_type, r)?;
         }
-        let stats = c.finish()?;
-        Ok::<_, convert::ConvertError>((sqfs, stats, conv_dir))
+        let (stats, base) = c.finish_with_base()?;
+        Ok::<_, convert::ConvertError>((sqfs_path, stats, base, conv_dir))
     });
 
     let first = resolved.endpoint();
@@ -420,7 +445,7 @@ async fn pull_and_convert(
         }
     }
     drop(guards);
-    let (Some(config), Some((sqfs, stats, conv_dir))) = (config, converted) else {
+    let (Some(config), Some((sqfs, stats, base, conv_dir))) = (config, converted) else {
         return Err(Error::Internal("pull ended without its results".into()));
     };
     drop(conv_dir);
@@ -430,7 +455,8 @@ async fn pull_and_convert(
         let sif = dir2.0.join("image.sif");
         convert::squashfs_to_sif(&sqfs, &runtime_cfg, &sif)?;
         let _ = std::fs::remove_file(&sqfs);
-        images2.add_converted(&sif, &id2, tag, repo_digest)?;
+        let base = base_layer.zip(base.map(|b| b.to_bytes()));
+        images2.add_converted(&sif, &id2, tag, repo_digest, base)?;
         Ok(())
     })
     .await?;
@@ -442,6 +468,7 @@ async fn pull_and_convert(
         unpacked_bytes = stats.uncompressed_bytes,
         squashfs_bytes = stats.squashfs_bytes,
         unreferenced_bytes = stats.unreferenced_bytes,
+        first_layer_reused = reused,
         resolved_ms = ms(resolved_at),
         fetched_ms = ms(fetched_at),
         converted_ms = ms(converted_at),
@@ -449,6 +476,51 @@ async fn pull_and_convert(
         "pulled and converted"
     );
     Ok(id)
+}
+
+/// A converter that goes on after `first` (the image's first layer) from a
+/// stored image that starts with it, if there is one whose saved state fits
+/// `opts`; None (after saying why) when there is none or it cannot be used.
+fn resume_from_stored(
+    images: &ImageStore,
+    first: &str,
+    out: &std::path::Path,
+    layers: usize,
+    opts: &ConvertOptions,
+) -> Option<Converter> {
+    let (rec, state) = images.base_for(first)?;
+    let tried = (|| {
+        let base = convert::load_base(&state)?;
+        if !base.fits(opts) {
+            return Ok(None);
+        }
+        let sif = images.blob_path(&rec);
+        let f = std::fs::File::open(&sif).map_err(|e| convert::ConvertError::Io {
+            context: format!("open {}", sif.display()),
+            source: e,
+        })?;
+        Converter::resume(
+            out,
+            layers,
+            opts,
+            &base,
+            &f,
+            rec.rootfs_offset,
+            rec.rootfs_size,
+        )
+        .map(Some)
+    })();
+    match tried {
+        Ok(Some(c)) => {
+            tracing::debug!(layer = %first, from = %rec.id, "going on from a stored image's first layer");
+            Some(c)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(layer = %first, from = %rec.id, error = %e, "converting the first layer again");
+            None
+        }
+    }
 }
 
 /// Milliseconds, for the phase times in the log.
@@ -530,7 +602,7 @@ impl Puller {
         };
         let id = crate::images::file_digest(&file)?;
         let (images, tag, id2) = (images.clone(), image.to_string(), id.clone());
-        blocking(move || images.add_converted(&file, &id2, Some(tag), digest)).await?;
+        blocking(move || images.add_converted(&file, &id2, Some(tag), digest, None)).await?;
         Ok(id)
     }
 

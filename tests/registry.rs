@@ -334,6 +334,100 @@ async fn containers_see_the_config_and_the_merged_layers() {
     assert_no_leaks(s.dir.path(), &[pid]);
 }
 
+/// The squashfs bytes of stored image `id`, as the store's index places them.
+fn rootfs_bytes(s: &Server, id: &str) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let dir = s.storage_dir().join("images");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).expect("index"))
+            .expect("index json");
+    let rec = index["images"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["id"] == id))
+        .expect("record")
+        .clone();
+    let f = std::fs::File::open(dir.join("sha256").join(rec["file"].as_str().expect("file")))
+        .expect("open sif");
+    let mut buf = vec![0u8; rec["rootfs_size"].as_u64().expect("size") as usize];
+    f.read_exact_at(&mut buf, rec["rootfs_offset"].as_u64().expect("offset"))
+        .expect("read rootfs");
+    buf
+}
+
+/// An image whose first layer a stored image starts with goes on from the
+/// stored one: that layer is neither fetched (its blob is gone from the
+/// registry) nor converted again, and the image is the one a full pull
+/// makes. The saved state goes with its image; a copy stays with the image
+/// that reused it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_sharing_a_stored_first_layer_does_not_fetch_it_again() {
+    let test = "an_image_sharing_a_stored_first_layer_does_not_fetch_it_again";
+    if !ready(test) {
+        return;
+    }
+    let reg = Registry::start().await;
+    let mut s = Server::start().await;
+    let a = Image::busybox3(test_runtime_config());
+    let own = |label: &str| {
+        let mut t = TarBuilder::new();
+        t.dir(label, 0o755)
+            .file(&format!("{label}/own"), label.as_bytes(), 0o644)
+            .file("etc/motd", label.as_bytes(), 0o644);
+        Image::new(
+            vec![
+                Layer::new(&busybox_layer(), Compression::Gzip),
+                Layer::gzip(&t.finish()),
+            ],
+            json!({"Labels": {"name": label}}),
+        )
+    };
+    let (b, c) = (own("b"), own("c"));
+    assert_eq!(a.layers[0].digest(), b.layers[0].digest());
+    push(&reg, "share/a", "v1", &a, Flavor::OciManifest).await;
+    push(&reg, "share/b", "v1", &b, Flavor::OciManifest).await;
+    push(&reg, "share/c", "v1", &c, Flavor::DockerManifest).await;
+    let (ra, rb, rc) = (
+        format!("{}/share/a:v1", reg.host()),
+        format!("{}/share/b:v1", reg.host()),
+        format!("{}/share/c:v1", reg.host()),
+    );
+    let ida = pull_ok(&mut s, &ra).await;
+    assert_eq!(base_states(&s), vec![format!("{}.base", hex(&ida))]);
+
+    let blob = reg.blob_file(&a.layers[0].digest());
+    let layer = std::fs::read(&blob).expect("read blob");
+    std::fs::remove_file(&blob).expect("remove blob");
+    let idb = pull_ok(&mut s, &rb).await;
+    std::fs::write(&blob, &layer).expect("put the blob back");
+    let mut full = Server::start().await;
+    assert_eq!(pull_ok(&mut full, &rb).await, idb);
+    assert!(
+        rootfs_bytes(&s, &idb) == rootfs_bytes(&full, &idb),
+        "the image made from the stored first layer differs from a full pull's"
+    );
+
+    // A's state goes with A; B's copy serves the next image, also after a
+    // restart.
+    s.img
+        .remove_image(cri::RemoveImageRequest {
+            image: Some(cri::ImageSpec {
+                image: ra.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("remove a");
+    assert_eq!(base_states(&s), vec![format!("{}.base", hex(&idb))]);
+    s.terminate();
+    s.restart().await;
+    std::fs::remove_file(&blob).expect("remove blob again");
+    let idc = pull_ok(&mut s, &rc).await;
+    std::fs::write(&blob, &layer).expect("put the blob back");
+    assert_eq!(pull_ok(&mut full, &rc).await, idc);
+    assert!(rootfs_bytes(&s, &idc) == rootfs_bytes(&full, &idc));
+    assert_eq!(tmp_entries(&s), Vec::<String>::new());
+}
+
 /// One image under several names (tags, digest, another repository and
 /// manifest kind) is one file and one ListImages entry; a tag that moves to
 /// another image leaves the first one with its other names.

@@ -41,7 +41,7 @@ impl Codec {
 }
 
 /// Checks that `media_type` names a tar layer (empty: unknown, allowed).
-pub(crate) fn check_media_type(layer: usize, media_type: &str) -> Result<(), ConvertError> {
+pub fn check_media_type(layer: usize, media_type: &str) -> Result<(), ConvertError> {
     if media_type.is_empty() || LAYER_MEDIA_TYPES.contains(&media_type) {
         Ok(())
     } else {

@@ -45,6 +45,7 @@ use sycri_native::sif::SifBuilder;
 
 pub use base::{load as load_base, BaseLayer};
 pub use error::ConvertError;
+pub use layer::check_media_type;
 use merge::{DirMeta, Merger};
 pub use options::{Compression, ConvertOptions, ConvertStats, Layer, Limits};
 use sqfs::{Attrs, Codec, FileData, NodeData, SqfsWriter, Tree, TreeInode};

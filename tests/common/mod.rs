@@ -707,6 +707,21 @@ pub fn container_dirs(s: &Server, id: &str) -> [PathBuf; 2] {
 
 /// Entries of the image store's blob directory (pulled SIFs and temp files).
 pub fn image_blobs(s: &Server) -> Vec<String> {
+    store_files(s)
+        .into_iter()
+        .filter(|n| !n.ends_with(".base"))
+        .collect()
+}
+
+/// The saved first-layer states in the image store (`<hex>.base`).
+pub fn base_states(s: &Server) -> Vec<String> {
+    store_files(s)
+        .into_iter()
+        .filter(|n| n.ends_with(".base"))
+        .collect()
+}
+
+fn store_files(s: &Server) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(s.storage_dir().join("images").join("sha256"))
         .map(|rd| {
             rd.flatten()
