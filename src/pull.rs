@@ -308,14 +308,13 @@ async fn pull_and_convert(
     // that is not a tar layer is left to the full conversion to refuse.)
     let resumed = match m.layers.first() {
         Some(first) if convert::check_media_type(0, &first.media_type).is_ok() => {
-            let (images, first, out, n, opts) = (
+            let (images, first, n, opts) = (
                 images.clone(),
                 first.digest.clone(),
-                sqfs_path.clone(),
                 m.layers.len(),
                 inner.convert.clone(),
             );
-            tokio::task::spawn_blocking(move || resume_from_stored(&images, &first, &out, n, &opts))
+            tokio::task::spawn_blocking(move || stored_first_layer(&images, &first, n, &opts))
                 .await
                 .ok()
                 .flatten()
@@ -348,8 +347,11 @@ async fn pull_and_convert(
     let (opts, conv_dir, layers) = (inner.convert.clone(), dir.clone(), m.layers.len());
     let reused = resumed.is_some();
     let convert = tokio::task::spawn_blocking(move || {
+        // The stored blocks are copied while the other layers download.
         let mut c = match resumed {
-            Some(c) => c,
+            Some((checked, src, offset)) => {
+                Converter::resume_checked(&sqfs_path, &opts, checked, &src, offset)?
+            }
             None => Converter::new(&sqfs_path, layers, &opts)?,
         };
         for (media_type, r) in readers {
@@ -478,42 +480,34 @@ async fn pull_and_convert(
     Ok(id)
 }
 
-/// A converter that goes on after `first` (the image's first layer) from a
-/// stored image that starts with it, if there is one whose saved state fits
-/// `opts`; None (after saying why) when there is none or it cannot be used.
-fn resume_from_stored(
+/// A stored image that starts with `first` (the image's first layer) and
+/// whose saved state after it fits `opts` and checks out against its SIF:
+/// the checked state and the SIF, open, with where its squashfs starts.
+/// None (after saying why, if there was one that does not do) otherwise.
+fn stored_first_layer(
     images: &ImageStore,
     first: &str,
-    out: &std::path::Path,
     layers: usize,
     opts: &ConvertOptions,
-) -> Option<Converter> {
+) -> Option<(convert::Checked, std::fs::File, u64)> {
     let (rec, state) = images.base_for(first)?;
     let tried = (|| {
         let base = convert::load_base(&state)?;
         if !base.fits(opts) {
             return Ok(None);
         }
+        let checked = base.check(opts, layers, rec.rootfs_size)?;
         let sif = images.blob_path(&rec);
         let f = std::fs::File::open(&sif).map_err(|e| convert::ConvertError::Io {
             context: format!("open {}", sif.display()),
             source: e,
         })?;
-        Converter::resume(
-            out,
-            layers,
-            opts,
-            &base,
-            &f,
-            rec.rootfs_offset,
-            rec.rootfs_size,
-        )
-        .map(Some)
+        Ok::<_, convert::ConvertError>(Some((checked, f, rec.rootfs_offset)))
     })();
     match tried {
-        Ok(Some(c)) => {
+        Ok(Some(found)) => {
             tracing::debug!(layer = %first, from = %rec.id, "going on from a stored image's first layer");
-            Some(c)
+            Some(found)
         }
         Ok(None) => None,
         Err(e) => {

@@ -125,24 +125,28 @@ fn bad(why: &str) -> ConvertError {
     ConvertError::Base(why.to_string())
 }
 
-impl Converter {
-    /// A conversion of `layers` layers (the first one included) into `out`
-    /// that goes on after the first: `base` was saved from the squashfs at
-    /// `offset` in `src` (`len` bytes), whose first-layer blocks are copied.
-    /// [`Converter::add_layer`] then takes the second layer on.
-    pub fn resume(
-        out: &Path,
-        layers: usize,
+/// A saved state checked against the stored squashfs it was saved from,
+/// ready to go on from ([`Converter::resume_checked`]).
+pub struct Checked {
+    base: BaseLayer,
+    merger: Merger<Option<FileData>>,
+    layers: usize,
+}
+
+impl BaseLayer {
+    /// Checks everything the state names against a stored squashfs of `len`
+    /// bytes and `opts`, for a conversion of `layers` layers (the first one
+    /// included).
+    pub fn check(
+        &self,
         opts: &ConvertOptions,
-        base: &BaseLayer,
-        src: &File,
-        offset: u64,
+        layers: usize,
         len: u64,
-    ) -> Result<Converter, ConvertError> {
-        if !base.fits(opts) {
+    ) -> Result<Checked, ConvertError> {
+        if !self.fits(opts) {
             return Err(bad("saved with another compression or block size"));
         }
-        let h = &base.header;
+        let h = &self.header;
         let b = &h.boundary;
         let start = sqfs::base_data_start();
         let blocks_inside = h.placed.iter().all(|&(at, size)| {
@@ -164,11 +168,53 @@ impl Converter {
         }
         let (next_seq, frags, open) = (b.next_seq, b.frag_seqs.len(), b.frag.len());
         let merger = Merger::restore(
-            &base.merger,
+            &self.merger,
             opts.limits.max_entries,
             |d: &Option<FileData>| d.as_ref().is_none_or(|d| d.fits(next_seq, frags, open)),
         )
         .map_err(|e| bad(&e))?;
+        Ok(Checked {
+            base: self.clone(),
+            merger,
+            layers,
+        })
+    }
+}
+
+impl Converter {
+    /// A conversion of `layers` layers (the first one included) into `out`
+    /// that goes on after the first: `base` was saved from the squashfs at
+    /// `offset` in `src` (`len` bytes), whose first-layer blocks are copied.
+    /// [`Converter::add_layer`] then takes the second layer on.
+    pub fn resume(
+        out: &Path,
+        layers: usize,
+        opts: &ConvertOptions,
+        base: &BaseLayer,
+        src: &File,
+        offset: u64,
+        len: u64,
+    ) -> Result<Converter, ConvertError> {
+        let checked = base.check(opts, layers, len)?;
+        Self::resume_checked(out, opts, checked, src, offset)
+    }
+
+    /// [`Converter::resume`] with a state already checked against the
+    /// squashfs at `offset` in `src`.
+    pub fn resume_checked(
+        out: &Path,
+        opts: &ConvertOptions,
+        checked: Checked,
+        src: &File,
+        offset: u64,
+    ) -> Result<Converter, ConvertError> {
+        let Checked {
+            base,
+            merger,
+            layers,
+        } = checked;
+        let h = &base.header;
+        let start = sqfs::base_data_start();
         let (codec, jobs, tmp, file) = Converter::prepare(out, opts)?;
         copy_range(src, offset + start, &file, start, h.data_end - start).map_err(|e| {
             ConvertError::Io {
@@ -176,15 +222,22 @@ impl Converter {
                 source: e,
             }
         })?;
-        let sqfs = SqfsWriter::resume(file, codec, jobs, b.clone(), h.placed.clone(), h.data_end)
-            .map_err(|e| ConvertError::Io {
+        let sqfs = SqfsWriter::resume(
+            file,
+            codec,
+            jobs,
+            h.boundary.clone(),
+            h.placed.clone(),
+            h.data_end,
+        )
+        .map_err(|e| ConvertError::Io {
             context: "start the squashfs writer".into(),
             source: e,
         })?;
         let mut c = Converter::assemble(out, layers, opts, merger, sqfs, tmp);
         c.used = h.used;
         c.next = 1;
-        c.base = Some(base.clone());
+        c.base = Some(base);
         Ok(c)
     }
 }

@@ -43,7 +43,7 @@ use std::time::Instant;
 
 use sycri_native::sif::SifBuilder;
 
-pub use base::{load as load_base, BaseLayer};
+pub use base::{load as load_base, BaseLayer, Checked};
 pub use error::ConvertError;
 pub use layer::check_media_type;
 use merge::{DirMeta, Merger};
