@@ -189,16 +189,17 @@ impl ImageStore {
         self.blobs.join(format!("{hex}{BASE_SUFFIX}"))
     }
 
-    /// A stored image whose first layer is `layer` and whose converter
-    /// state after it is kept: its record and the state's file.
-    pub fn base_for(&self, layer: &str) -> Option<(ImageRecord, PathBuf)> {
+    /// The stored images whose first layer is `layer` and whose converter
+    /// state after it is kept: their records and the states' files.
+    pub fn bases_for(&self, layer: &str) -> Vec<(ImageRecord, PathBuf)> {
         let index = lock(&self.index);
         index
             .images
             .iter()
             .filter(|r| r.base_layer.as_deref() == Some(layer))
             .map(|r| (r.clone(), self.base_path(r.hex())))
-            .find(|(_, p)| p.exists())
+            .filter(|(_, p)| p.exists())
+            .collect()
     }
 
     /// Where the image's root filesystem is mounted (shared by its containers).

@@ -490,31 +490,34 @@ fn stored_first_layer(
     layers: usize,
     opts: &ConvertOptions,
 ) -> Option<(convert::Checked, std::fs::File, u64)> {
-    let (rec, state) = images.base_for(first)?;
-    let tried = (|| {
-        let base = convert::load_base(&state)?;
-        if !base.fits(opts) {
-            return Ok(None);
-        }
-        let checked = base.check(opts, layers, rec.rootfs_size)?;
-        let sif = images.blob_path(&rec);
-        let f = std::fs::File::open(&sif).map_err(|e| convert::ConvertError::Io {
-            context: format!("open {}", sif.display()),
-            source: e,
-        })?;
-        Ok::<_, convert::ConvertError>(Some((checked, f, rec.rootfs_offset)))
-    })();
-    match tried {
-        Ok(Some(found)) => {
-            tracing::debug!(layer = %first, from = %rec.id, "going on from a stored image's first layer");
-            Some(found)
-        }
-        Ok(None) => None,
-        Err(e) => {
-            tracing::warn!(layer = %first, from = %rec.id, error = %e, "converting the first layer again");
-            None
+    // Images converted with other settings (the config changed) do not do;
+    // the first that does is taken.
+    for (rec, state) in images.bases_for(first) {
+        let tried = (|| {
+            let base = convert::load_base(&state)?;
+            if !base.fits(opts) {
+                return Ok(None);
+            }
+            let checked = base.check(opts, layers, rec.rootfs_size)?;
+            let sif = images.blob_path(&rec);
+            let f = std::fs::File::open(&sif).map_err(|e| convert::ConvertError::Io {
+                context: format!("open {}", sif.display()),
+                source: e,
+            })?;
+            Ok::<_, convert::ConvertError>(Some((checked, f, rec.rootfs_offset)))
+        })();
+        match tried {
+            Ok(Some(found)) => {
+                tracing::debug!(layer = %first, from = %rec.id, "going on from a stored image's first layer");
+                return Some(found);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(layer = %first, from = %rec.id, error = %e, "a stored first layer that cannot be used")
+            }
         }
     }
+    None
 }
 
 /// Milliseconds, for the phase times in the log.

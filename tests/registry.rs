@@ -425,6 +425,22 @@ async fn an_image_sharing_a_stored_first_layer_does_not_fetch_it_again() {
     std::fs::write(&blob, &layer).expect("put the blob back");
     assert_eq!(pull_ok(&mut full, &rc).await, idc);
     assert!(rootfs_bytes(&s, &idc) == rootfs_bytes(&full, &idc));
+
+    // Damaged states are not used: the layer is fetched and converted again.
+    for id in [&idb, &idc] {
+        let f = s
+            .storage_dir()
+            .join("images/sha256")
+            .join(format!("{}.base", hex(id)));
+        std::fs::write(&f, b"{\"format\":1}\n[").expect("damage the state");
+    }
+    let d = own("d");
+    push(&reg, "share/d", "v1", &d, Flavor::OciManifest).await;
+    let rd = format!("{}/share/d:v1", reg.host());
+    let idd = pull_ok(&mut s, &rd).await;
+    assert_eq!(pull_ok(&mut full, &rd).await, idd);
+    assert!(rootfs_bytes(&s, &idd) == rootfs_bytes(&full, &idd));
+    assert!(base_states(&s).contains(&format!("{}.base", hex(&idd))));
     assert_eq!(tmp_entries(&s), Vec::<String>::new());
 }
 
