@@ -9,7 +9,7 @@
 //! each block went); the image store keeps it beside the SIF. Converting
 //! another image with the same first layer (same digest, compression, level
 //! and block size) then copies that stretch of the stored image and resumes
-//! from the saved state ([`Converter::resume`]): the first layer is neither
+//! from the saved state (`Converter::resume`): the first layer is neither
 //! downloaded nor decompressed, and the result is byte for byte the image a
 //! full conversion makes.
 //!
@@ -28,7 +28,6 @@ use super::error::ConvertError;
 use super::merge::Merger;
 use super::options::{Compression, ConvertOptions};
 use super::sqfs::{self, Boundary, Codec, FileData, SqfsWriter};
-use super::Converter;
 
 /// Version of the saved state's layout.
 const FORMAT: u32 = 1;
@@ -126,7 +125,7 @@ fn bad(why: &str) -> ConvertError {
 }
 
 /// A saved state checked against the stored squashfs it was saved from,
-/// ready to go on from ([`Converter::resume_checked`]).
+/// ready to go on from (`Converter::resume_checked`).
 pub struct Checked {
     base: BaseLayer,
     merger: Merger<Option<FileData>>,
@@ -181,48 +180,26 @@ impl BaseLayer {
     }
 }
 
-impl Converter {
-    /// A conversion of `layers` layers (the first one included) into `out`
-    /// that goes on after the first: `base` was saved from the squashfs at
-    /// `offset` in `src` (`len` bytes), whose first-layer blocks are copied.
-    /// [`Converter::add_layer`] then takes the second layer on.
-    pub fn resume(
-        out: &Path,
-        layers: usize,
-        opts: &ConvertOptions,
-        base: &BaseLayer,
+impl Checked {
+    /// A writer over `file` that goes on after the layer: its blocks are
+    /// copied first from the squashfs at `offset` in `src`.
+    pub(super) fn start_writer(
+        &self,
         src: &File,
         offset: u64,
-        len: u64,
-    ) -> Result<Converter, ConvertError> {
-        let checked = base.check(opts, layers, len)?;
-        Self::resume_checked(out, opts, checked, src, offset)
-    }
-
-    /// [`Converter::resume`] with a state already checked against the
-    /// squashfs at `offset` in `src`.
-    pub fn resume_checked(
-        out: &Path,
-        opts: &ConvertOptions,
-        checked: Checked,
-        src: &File,
-        offset: u64,
-    ) -> Result<Converter, ConvertError> {
-        let Checked {
-            base,
-            merger,
-            layers,
-        } = checked;
-        let h = &base.header;
+        file: File,
+        codec: Codec,
+        jobs: usize,
+    ) -> Result<SqfsWriter, ConvertError> {
+        let h = &self.base.header;
         let start = sqfs::base_data_start();
-        let (codec, jobs, tmp, file) = Converter::prepare(out, opts)?;
         copy_range(src, offset + start, &file, start, h.data_end - start).map_err(|e| {
             ConvertError::Io {
                 context: "copy the first layer's blocks from the stored image".into(),
                 source: e,
             }
         })?;
-        let sqfs = SqfsWriter::resume(
+        SqfsWriter::resume(
             file,
             codec,
             jobs,
@@ -233,12 +210,14 @@ impl Converter {
         .map_err(|e| ConvertError::Io {
             context: "start the squashfs writer".into(),
             source: e,
-        })?;
-        let mut c = Converter::assemble(out, layers, opts, merger, sqfs, tmp);
-        c.used = h.used;
-        c.next = 1;
-        c.base = Some(base);
-        Ok(c)
+        })
+    }
+
+    /// The state, the merged tree, the image's layer count and the bytes the
+    /// first layer used.
+    pub(super) fn into_parts(self) -> (BaseLayer, Merger<Option<FileData>>, usize, u64) {
+        let used = self.base.header.used;
+        (self.base, self.merger, self.layers, used)
     }
 }
 

@@ -97,6 +97,42 @@ impl Converter {
         Ok(Self::assemble(out, layers, opts, merger, sqfs, tmp))
     }
 
+    /// A conversion of `layers` layers (the first one included) into `out`
+    /// that goes on after the first: `base` was saved from the squashfs at
+    /// `offset` in `src` (`len` bytes), whose first-layer blocks are copied.
+    /// [`Converter::add_layer`] then takes the second layer on.
+    pub fn resume(
+        out: &Path,
+        layers: usize,
+        opts: &ConvertOptions,
+        base: &BaseLayer,
+        src: &File,
+        offset: u64,
+        len: u64,
+    ) -> Result<Converter, ConvertError> {
+        let checked = base.check(opts, layers, len)?;
+        Self::resume_checked(out, opts, checked, src, offset)
+    }
+
+    /// [`Converter::resume`] with a state already checked against the
+    /// squashfs at `offset` in `src`.
+    pub fn resume_checked(
+        out: &Path,
+        opts: &ConvertOptions,
+        checked: Checked,
+        src: &File,
+        offset: u64,
+    ) -> Result<Converter, ConvertError> {
+        let (codec, jobs, tmp, file) = Self::prepare(out, opts)?;
+        let sqfs = checked.start_writer(src, offset, file, codec, jobs)?;
+        let (base, merger, layers, used) = checked.into_parts();
+        let mut c = Self::assemble(out, layers, opts, merger, sqfs, tmp);
+        c.used = used;
+        c.next = 1;
+        c.base = Some(base);
+        Ok(c)
+    }
+
     /// The codec and compressor threads `opts` ask for, and the temporary
     /// output file.
     fn prepare(
