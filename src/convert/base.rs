@@ -29,7 +29,10 @@ use super::merge::Merger;
 use super::options::{Compression, ConvertOptions};
 use super::sqfs::{self, Boundary, Codec, FileData, SqfsWriter};
 
-/// Version of the saved state's layout.
+/// Version of the saved state's layout: it holds the converter's own types
+/// (merge's tree, tar_read's entries, sqfs' block maps) as serde writes
+/// them, so a change to any of those must bump it (an old state is then
+/// refused and the layer converted again).
 const FORMAT: u32 = 1;
 
 /// The converter's state after an image's first layer, with where that
