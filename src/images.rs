@@ -189,6 +189,14 @@ impl ImageStore {
         self.blobs.join(format!("{hex}{BASE_SUFFIX}"))
     }
 
+    /// Forgets a saved first-layer state that cannot be used (its record
+    /// keeps naming the layer; the file is what counts).
+    pub fn drop_base(&self, path: &Path) {
+        if path.parent() == Some(self.blobs.as_path()) {
+            let _ = fs::remove_file(path);
+        }
+    }
+
     /// The stored images whose first layer is `layer` and whose converter
     /// state after it is kept: their records and the states' files.
     pub fn bases_for(&self, layer: &str) -> Vec<(ImageRecord, PathBuf)> {
@@ -408,6 +416,24 @@ impl ImageStore {
         let file = format!("{hex}.sif");
         let dest = self.blobs.join(&file);
         let id = format!("sha256:{hex}");
+        // The first layer's state is written before the index is locked (it
+        // can be large) and put in place only for a new record: one that
+        // exists keeps its own, which matches its own SIF. Not synced: a
+        // state lost in a crash only means that the next image with this
+        // first layer converts it again (one that cannot be read is deleted).
+        let base = base.and_then(|(layer, bytes)| {
+            let tmp = self
+                .blobs
+                .join(format!(".{hex}{BASE_SUFFIX}.tmp-{}", random_hex(8)));
+            match fs::write(&tmp, &bytes) {
+                Ok(()) => Some((layer, tmp)),
+                Err(e) => {
+                    let _ = fs::remove_file(&tmp);
+                    tracing::warn!(image = %id, error = %e, "the first layer's state is not kept");
+                    None
+                }
+            }
+        });
         let mut index = lock(&self.index);
         let exists = index.images.iter().any(|r| r.id == id);
         if exists {
@@ -436,12 +462,9 @@ impl ImageStore {
                 r.clone()
             }
             None => {
-                // Not synced: a state lost in a crash only means that the
-                // next image with this first layer converts it again (and
-                // one that cannot be read is not used).
-                let base_layer = base.and_then(|(layer, bytes)| {
-                    match sycri_native::util::write_atomic(&self.base_path(hex), &bytes) {
-                        Ok(()) => Some(layer),
+                let base_layer = base.as_ref().and_then(|(layer, tmp)| {
+                    match fs::rename(tmp, self.base_path(hex)) {
+                        Ok(()) => Some(layer.clone()),
                         Err(e) => {
                             tracing::warn!(image = %id, error = %e, "the first layer's state is not kept");
                             None
@@ -464,6 +487,10 @@ impl ImageStore {
                 rec
             }
         };
+        if let Some((_, tmp)) = &base {
+            // Not taken (the image was stored already), or renamed away.
+            let _ = fs::remove_file(tmp);
+        }
         // Images that lost their last tag stay (by id) until removed, as in containerd.
         self.save(&index)?;
         Ok(rec)

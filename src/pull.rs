@@ -259,9 +259,51 @@ async fn pull_registry(
     creds: Option<Credentials>,
 ) -> Result<String> {
     let progress = Progress::new(&reference.to_string());
+    let pull = async {
+        match pull_and_convert(&inner, &images, &reference, creds.as_ref(), &progress, true).await {
+            // The stored first layer failed half way (its SIF could not be
+            // read, say); its state is gone: once more, in full.
+            Err(Retry::Full) => {
+                pull_and_convert(
+                    &inner,
+                    &images,
+                    &reference,
+                    creds.as_ref(),
+                    &progress,
+                    false,
+                )
+                .await
+            }
+            r => r,
+        }
+    };
     tokio::select! {
-        r = pull_and_convert(&inner, &images, &reference, creds.as_ref(), &progress) => r,
+        r = pull => r.map_err(Retry::into_error),
         e = progress.watch(inner.progress_interval, inner.progress_timeout) => Err(e.into()),
+    }
+}
+
+/// How [`pull_and_convert`] failed.
+#[derive(Debug)]
+enum Retry {
+    /// Going on from a stored first layer failed after the downloads were
+    /// planned without it: pull again without it.
+    Full,
+    Error(Error),
+}
+
+impl Retry {
+    fn into_error(self) -> Error {
+        match self {
+            Retry::Full => Error::Internal("the pull was to be retried".into()),
+            Retry::Error(e) => e,
+        }
+    }
+}
+
+impl<E: Into<Error>> From<E> for Retry {
+    fn from(e: E) -> Self {
+        Retry::Error(e.into())
     }
 }
 
@@ -271,7 +313,8 @@ async fn pull_and_convert(
     reference: &Reference,
     creds: Option<&Credentials>,
     progress: &Progress,
-) -> Result<String> {
+    reuse: bool,
+) -> std::result::Result<String, Retry> {
     let started = std::time::Instant::now();
     let key = reference.to_string();
     // Asked by digest and already here: nothing to fetch.
@@ -307,7 +350,7 @@ async fn pull_and_convert(
     // without downloading or converting that layer again. (A first layer
     // that is not a tar layer is left to the full conversion to refuse.)
     let resumed = match m.layers.first() {
-        Some(first) if convert::check_media_type(0, &first.media_type).is_ok() => {
+        Some(first) if reuse && convert::check_media_type(0, &first.media_type).is_ok() => {
             let (images, first, n, opts) = (
                 images.clone(),
                 first.digest.clone(),
@@ -346,13 +389,19 @@ async fn pull_and_convert(
         .collect();
     let (opts, conv_dir, layers) = (inner.convert.clone(), dir.clone(), m.layers.len());
     let reused = resumed.is_some();
+    let state = resumed.as_ref().map(|r| r.3.clone());
     let convert = tokio::task::spawn_blocking(move || {
         // The stored blocks are copied while the other layers download.
         let mut c = match resumed {
-            Some((checked, src, offset)) => {
-                Converter::resume_checked(&sqfs_path, &opts, checked, &src, offset)?
+            Some((checked, src, offset, _)) => {
+                Converter::resume_checked(&sqfs_path, &opts, checked, &src, offset)
+                    .map_err(|e| convert::ConvertError::Base(e.to_string()))?
             }
-            None => Converter::new(&sqfs_path, layers, &opts)?,
+            None => {
+                let mut c = Converter::new(&sqfs_path, layers, &opts)?;
+                c.keep_first_layer();
+                c
+            }
         };
         for (media_type, r) in readers {
             c.add_layer(&media_type, r)?;
@@ -432,6 +481,14 @@ async fn pull_and_convert(
                     converted = Some(v);
                     converted_at = started.elapsed();
                 }
+                Ok(Err(convert::ConvertError::Base(why))) if reused => {
+                    tracing::warn!(image = %reference, error = %why, "going on from the stored first layer failed; pulling it in full");
+                    if let Some(state) = &state {
+                        images.drop_base(state);
+                    }
+                    drop(guards);
+                    return Err(Retry::Full);
+                }
                 Ok(Err(e)) => {
                     // A layer that cannot be read because its download failed:
                     // the download's error says more.
@@ -442,13 +499,13 @@ async fn pull_and_convert(
                     }
                     return Err(e.into());
                 }
-                Err(e) => return Err(Error::Internal(format!("conversion task failed: {e}"))),
+                Err(e) => return Err(Error::Internal(format!("conversion task failed: {e}")).into()),
             },
         }
     }
     drop(guards);
     let (Some(config), Some((sqfs, stats, base, conv_dir))) = (config, converted) else {
-        return Err(Error::Internal("pull ended without its results".into()));
+        return Err(Error::Internal("pull ended without its results".into()).into());
     };
     drop(conv_dir);
     let runtime_cfg = convert::runtime_config(&config)?;
@@ -482,14 +539,15 @@ async fn pull_and_convert(
 
 /// A stored image that starts with `first` (the image's first layer) and
 /// whose saved state after it fits `opts` and checks out against its SIF:
-/// the checked state and the SIF, open, with where its squashfs starts.
+/// the checked state and the SIF, open, with where its squashfs starts, and
+/// the state's file.
 /// None (after saying why, if there was one that does not do) otherwise.
 fn stored_first_layer(
     images: &ImageStore,
     first: &str,
     layers: usize,
     opts: &ConvertOptions,
-) -> Option<(convert::Checked, std::fs::File, u64)> {
+) -> Option<(convert::Checked, std::fs::File, u64, PathBuf)> {
     // Images converted with other settings (the config changed) do not do;
     // the first that does is taken.
     for (rec, state) in images.bases_for(first) {
@@ -504,7 +562,7 @@ fn stored_first_layer(
                 context: format!("open {}", sif.display()),
                 source: e,
             })?;
-            Ok::<_, convert::ConvertError>(Some((checked, f, rec.rootfs_offset)))
+            Ok::<_, convert::ConvertError>(Some((checked, f, rec.rootfs_offset, state.clone())))
         })();
         match tried {
             Ok(Some(found)) => {
@@ -513,7 +571,8 @@ fn stored_first_layer(
             }
             Ok(None) => {}
             Err(e) => {
-                tracing::warn!(layer = %first, from = %rec.id, error = %e, "a stored first layer that cannot be used")
+                tracing::warn!(layer = %first, from = %rec.id, error = %e, "dropping a stored first layer's state that cannot be used");
+                images.drop_base(&state);
             }
         }
     }

@@ -441,6 +441,32 @@ async fn an_image_sharing_a_stored_first_layer_does_not_fetch_it_again() {
     assert_eq!(pull_ok(&mut full, &rd).await, idd);
     assert!(rootfs_bytes(&s, &idd) == rootfs_bytes(&full, &idd));
     assert!(base_states(&s).contains(&format!("{}.base", hex(&idd))));
+    for id in [&idb, &idc] {
+        assert!(
+            !base_states(&s).contains(&format!("{}.base", hex(id))),
+            "a damaged state was kept"
+        );
+    }
+
+    // A stored image that fails half way (its SIF cut short: the state
+    // checks out against the index, the copy does not): the pull starts
+    // again in full and the state goes.
+    let sif = s
+        .storage_dir()
+        .join("images/sha256")
+        .join(format!("{}.sif", hex(&idd)));
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&sif)
+        .expect("open sif");
+    f.set_len(4096).expect("cut the SIF short");
+    let e = own("e");
+    push(&reg, "share/e", "v1", &e, Flavor::OciManifest).await;
+    let re = format!("{}/share/e:v1", reg.host());
+    let ide = pull_ok(&mut s, &re).await;
+    assert_eq!(pull_ok(&mut full, &re).await, ide);
+    assert!(rootfs_bytes(&s, &ide) == rootfs_bytes(&full, &ide));
+    assert_eq!(base_states(&s), vec![format!("{}.base", hex(&ide))]);
     assert_eq!(tmp_entries(&s), Vec::<String>::new());
 }
 

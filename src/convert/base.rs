@@ -32,7 +32,9 @@ use super::sqfs::{self, Boundary, Codec, FileData, SqfsWriter};
 /// Version of the saved state's layout: it holds the converter's own types
 /// (merge's tree, tar_read's entries, sqfs' block maps) as serde writes
 /// them, so a change to any of those must bump it (an old state is then
-/// refused and the layer converted again).
+/// refused and the layer converted again); so must a change in how blocks
+/// are packed or compressed (a new zstd), or images made from a state stop
+/// being byte for byte a full conversion's.
 const FORMAT: u32 = 1;
 
 /// The converter's state after an image's first layer, with where that
@@ -237,11 +239,22 @@ fn copy_range(src: &File, from: u64, dst: &File, to: u64, len: u64) -> std::io::
     Ok(())
 }
 
+/// Largest saved state read back (a million entries take about 400 MB).
+const MAX_STATE: u64 = 1 << 29;
+
 /// Reads a saved state from `path`.
 pub fn load(path: &Path) -> Result<BaseLayer, ConvertError> {
-    let bytes = std::fs::read(path).map_err(|e| ConvertError::Io {
+    let io = |e| ConvertError::Io {
         context: format!("read {}", path.display()),
         source: e,
-    })?;
+    };
+    let f = File::open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    if len > MAX_STATE {
+        return Err(bad(&format!("{len} bytes, more than {MAX_STATE}")));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_STATE + 1), &mut bytes)
+        .map_err(io)?;
     BaseLayer::from_bytes(&bytes)
 }

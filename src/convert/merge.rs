@@ -172,15 +172,46 @@ impl<P: Serialize + for<'de> Deserialize<'de>> Merger<P> {
     ) -> Result<Self, String> {
         let s: Saved<P> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         let n = s.inodes.len() as u64;
-        let bad_node = s.tree.iter().any(|(_, node)| match node.kind {
-            NodeKind::Inode(i) => i >= n,
-            NodeKind::Dir(_) => false,
+        let bad_node = s.tree.iter().any(|(_, node)| {
+            node.layer != 0
+                || match node.kind {
+                    NodeKind::Inode(i) => i >= n,
+                    NodeKind::Dir(_) => false,
+                }
         });
-        if bad_node || s.entries > max_entries || !s.inodes.iter().all(|i| check(&i.data)) {
+        let kinds = s
+            .inodes
+            .iter()
+            .all(|i| matches!(i.entry.kind, Kind::Regular | Kind::Symlink | Kind::Fifo));
+        if bad_node || !kinds || s.entries > max_entries || !s.inodes.iter().all(|i| check(&i.data))
+        {
             return Err("the saved layer names inodes or data it does not have".into());
         }
+        let tree: BTreeMap<Vec<u8>, Node> = s.tree.into_iter().collect();
+        // Paths as the tar reader makes them, under directories that exist.
+        for path in tree.keys() {
+            let normal = !path.is_empty()
+                && path
+                    .split(|&b| b == b'/')
+                    .all(|c| !c.is_empty() && c != b"." && c != b".." && !c.contains(&0));
+            let (parent, _) = split(path);
+            let parent_ok = parent.is_empty()
+                || matches!(
+                    tree.get(parent),
+                    Some(Node {
+                        kind: NodeKind::Dir(_),
+                        ..
+                    })
+                );
+            if !normal || !parent_ok {
+                return Err(format!(
+                    "the saved layer has a path {:?} no layer can have",
+                    String::from_utf8_lossy(path)
+                ));
+            }
+        }
         Ok(Merger {
-            tree: s.tree.into_iter().collect(),
+            tree,
             root: s.root,
             inodes: s.inodes,
             entries: s.entries,

@@ -79,6 +79,8 @@ pub struct Converter {
     base: Option<BaseLayer>,
     /// The state after the first layer, until the block placement is known.
     pending: Option<base::Pending>,
+    /// Whether to save the state after the first layer (see [`base`]).
+    keep_first_layer: bool,
 }
 
 impl Converter {
@@ -184,7 +186,14 @@ impl Converter {
             compression: opts.compression,
             base: None,
             pending: None,
+            keep_first_layer: false,
         }
+    }
+
+    /// Saves the state after the first layer, for
+    /// [`Self::finish_with_base`] to return.
+    pub fn keep_first_layer(&mut self) {
+        self.keep_first_layer = true;
     }
 
     /// Reads the next layer from `blob` (its media type as the manifest says).
@@ -227,7 +236,7 @@ impl Converter {
         );
         self.used = r.used();
         self.next += 1;
-        if i == 0 {
+        if i == 0 && self.keep_first_layer {
             // Saved now, completed by finish: another image with this first
             // layer can go on from here.
             match self.merger.save() {

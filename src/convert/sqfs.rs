@@ -421,22 +421,30 @@ pub(crate) struct FileData {
 }
 
 impl FileData {
-    /// Whether it only names blocks below `next_seq` and fragments that
-    /// exist (`frags` written, the open one `open_len` bytes long).
+    /// Whether it is laid out as the writer lays a file of its size out
+    /// (a fragment below a block, else one block number per block) and
+    /// only names blocks below `next_seq` and fragments that exist (`frags`
+    /// written, the open one `open_len` bytes long).
     pub(crate) fn fits(&self, next_seq: u64, frags: usize, open_len: usize) -> bool {
+        let block = BLOCK_SIZE as u64;
+        let shape = match self.frag {
+            None if self.size == 0 => self.blocks.is_empty(),
+            None => self.size >= block && self.blocks.len() as u64 == self.size.div_ceil(block),
+            Some(_) => self.size > 0 && self.size < block && self.blocks.is_empty(),
+        };
         let blocks = self.blocks.iter().all(|&b| b == SPARSE || b < next_seq);
         let frag = match self.frag {
             None => true,
             Some((i, at)) => {
-                let end = at as u64 + self.size;
+                let end = u64::from(at).saturating_add(self.size);
                 if (i as usize) < frags {
-                    end <= BLOCK_SIZE as u64
+                    end <= block
                 } else {
                     i as usize == frags && end <= open_len as u64
                 }
             }
         };
-        blocks && frag && self.next_seq <= next_seq
+        shape && blocks && frag && self.next_seq <= next_seq
     }
 }
 

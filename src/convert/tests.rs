@@ -1497,6 +1497,7 @@ fn random_trees_round_trip_through_unsquashfs_and_the_kernel() {
 /// Converts `layers` in full; the image's bytes and its first layer's state.
 fn convert_keeping_base(layers: &[Layer], out: &Path, o: &ConvertOptions) -> (Vec<u8>, BaseLayer) {
     let mut c = Converter::new(out, layers.len(), o).expect("start");
+    c.keep_first_layer();
     for l in layers {
         c.add_layer(&l.media_type, std::fs::File::open(&l.path).expect("open"))
             .expect("layer");
@@ -1618,6 +1619,18 @@ fn a_saved_first_layer_that_does_not_fit_is_refused() {
     let no_blocks = tree.replacen("\"blocks\":[", "\"blocks\":[4000000,", 1);
     assert_ne!(no_blocks, tree, "the tree has a file with blocks");
     assert!(refused(format!("{head}\n{no_blocks}").as_bytes(), &o));
+    // A file whose size disagrees with its blocks; a node of another layer.
+    let resized = tree.replacen("\"data\":{\"size\":", "\"data\":{\"size\":9", 1);
+    assert_ne!(resized, tree, "the tree has a file");
+    assert!(refused(format!("{head}\n{resized}").as_bytes(), &o));
+    let relayered = tree.replacen("\"layer\":0", "\"layer\":1", 1);
+    assert_ne!(relayered, tree, "the tree has nodes");
+    assert!(refused(format!("{head}\n{relayered}").as_bytes(), &o));
+    // A path with an empty component.
+    let at = tree.find("\"tree\":[[[").expect("tree") + "\"tree\":[[[".len();
+    let end = at + tree[at..].find(']').expect("key end");
+    let bad_path = format!("{}97,47,47,98{}", &tree[..at], &tree[end..]);
+    assert!(refused(format!("{head}\n{bad_path}").as_bytes(), &o));
     assert!(refused(b"{}", &o));
     assert!(refused(&base.to_bytes()[..head.len() + 10], &o));
     // Saved with another compression.
