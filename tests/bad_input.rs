@@ -379,15 +379,7 @@ async fn bad_configs_are_refused() {
     );
     assert_serving(&mut s.rt, "CreateContainer with a taken name").await;
     assert_eq!(list_containers(&mut s.rt).await.len(), 1);
-    let r = s
-        .img
-        .remove_image(cri::RemoveImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image_ref.clone(),
-                ..Default::default()
-            }),
-        })
-        .await;
+    let r = remove_image(&mut s.img, &image_ref).await;
     expect_code(
         "RemoveImage of an image in use",
         r,

@@ -197,13 +197,7 @@ async fn an_image_is_mounted_once_whatever_the_restarts() {
         assert_eq!(squashfs_mounts(&s), 0, "pass {pass}: after the removal");
     }
     let image = s.pull(&sif).await;
-    s.img
-        .remove_image(cri::RemoveImageRequest {
-            image: Some(cri::ImageSpec {
-                image,
-                ..Default::default()
-            }),
-        })
+    remove_image(&mut s.img, &image)
         .await
         .expect("remove image");
     assert_no_leaks(s.dir.path(), &[]);

@@ -309,13 +309,7 @@ async fn walkthrough_pod_image_container() {
     .await
     .expect("remove unknown");
 
-    s.img
-        .remove_image(cri::RemoveImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image_ref.clone(),
-                ..Default::default()
-            }),
-        })
+    remove_image(&mut s.img, &image_ref)
         .await
         .expect("remove image");
     let listed = s

@@ -408,15 +408,7 @@ async fn an_image_sharing_a_stored_first_layer_does_not_fetch_it_again() {
 
     // A's state goes with A; B's copy serves the next image, also after a
     // restart.
-    s.img
-        .remove_image(cri::RemoveImageRequest {
-            image: Some(cri::ImageSpec {
-                image: ra.clone(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("remove a");
+    remove_image(&mut s.img, &ra).await.expect("remove a");
     assert_eq!(base_states(&s), vec![format!("{}.base", hex(&idb))]);
     s.terminate();
     s.restart().await;
@@ -546,13 +538,7 @@ async fn same_image_is_stored_once() {
     assert_eq!(set(st.repo_tags), set([one.clone(), other.clone()]));
 
     // RemoveImage by repo digest removes the image and its file; it pulls again.
-    s.img
-        .remove_image(cri::RemoveImageRequest {
-            image: Some(cri::ImageSpec {
-                image: by_digest.clone(),
-                ..Default::default()
-            }),
-        })
+    remove_image(&mut s.img, &by_digest)
         .await
         .expect("remove image");
     for name in [&one, &other, &by_digest, &p1.config_digest] {

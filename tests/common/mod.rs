@@ -782,6 +782,17 @@ pub async fn remove_container(rt: &mut Rt, id: &str) -> Result<(), tonic::Status
     .map(|_| ())
 }
 
+pub async fn remove_image(img: &mut Img, image: &str) -> Result<(), tonic::Status> {
+    img.remove_image(cri::RemoveImageRequest {
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+    })
+    .await
+    .map(|_| ())
+}
+
 pub async fn stop_pod(rt: &mut Rt, id: &str) -> Result<(), tonic::Status> {
     rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
         pod_sandbox_id: id.into(),
