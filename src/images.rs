@@ -150,7 +150,6 @@ impl ImageStore {
         // Drop what interrupted pulls left, and saved layer states whose
         // image is gone (a removal interrupted between the two files).
         let _ = fs::remove_dir_all(dir.join("tmp"));
-        let index: Index = index;
         if let Ok(rd) = fs::read_dir(&blobs) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
