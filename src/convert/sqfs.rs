@@ -191,16 +191,15 @@ impl DataWriter {
         }
     }
 
-    /// Blocks go after what `start` has placed; the first one gets sequence
-    /// number `next_seq` (which must be how many `start` has).
+    /// Blocks go after what `start` has placed, numbered on from there.
     fn new(
         file: Arc<File>,
         base: u64,
         codec: Codec,
         threads: usize,
         start: Placed,
-        next_seq: u64,
     ) -> io::Result<DataWriter> {
+        let next_seq = start.at.len() as u64;
         let mut w = DataWriter::idle(file, base);
         w.next_seq = next_seq;
         if threads <= 1 {
@@ -576,7 +575,7 @@ impl SqfsWriter {
         let mut frag = at.frag;
         frag.reserve(BLOCK_SIZE.saturating_sub(frag.len()));
         Ok(SqfsWriter {
-            data: DataWriter::new(file.clone(), 0, codec, threads, start, at.next_seq)?,
+            data: DataWriter::new(file.clone(), 0, codec, threads, start)?,
             file,
             codec,
             frag,
