@@ -65,6 +65,12 @@ pub struct ImageRecord {
     /// SIF (`<hex>.base`), for images that start with the same layer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_layer: Option<String>,
+    /// CRC-32 of the root filesystem while the file may be only in the page
+    /// cache (a pull writes it without fsync and answers; [`ImageStore::sync`]
+    /// then makes it durable and clears this). A record that still has it
+    /// when the store opens is checked against its file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsynced_crc: Option<u32>,
 }
 
 impl ImageRecord {
@@ -137,7 +143,7 @@ impl ImageStore {
             fs::create_dir_all(d).map_err(|e| Error::io(format!("create {}", d.display()), e))?;
         }
         let index_path = dir.join("index.json");
-        let index = match fs::read(&index_path) {
+        let mut index: Index = match fs::read(&index_path) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| {
                 Error::Internal(format!(
                     "image index {} is corrupt: {e}",
@@ -147,6 +153,12 @@ impl ImageStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Index::default(),
             Err(e) => return Err(Error::io(format!("read {}", index_path.display()), e)),
         };
+        // Images written without fsync whose sync had not happened: a power
+        // loss may have cut them short.
+        let unsynced = index.images.iter().any(|r| r.unsynced_crc.is_some());
+        if unsynced {
+            index.images.retain_mut(|r| settle_unsynced(&blobs, r));
+        }
         // Drop what interrupted pulls left, and saved layer states whose
         // image is gone (a removal interrupted between the two files).
         let _ = fs::remove_dir_all(dir.join("tmp"));
@@ -165,12 +177,47 @@ impl ImageStore {
                 }
             }
         }
-        Ok(ImageStore {
+        let store = ImageStore {
             dir,
             blobs,
             mounts,
             index: Mutex::new(index),
-        })
+        };
+        if unsynced {
+            store.save(&lock(&store.index))?;
+        }
+        Ok(store)
+    }
+
+    /// Makes the image `id` durable (its file and the directory entry) and
+    /// records that it is; nothing when it is gone or synced already.
+    /// Blocking: run after the pull has answered.
+    pub fn sync(&self, id: &str) -> Result<()> {
+        let Some(rec) = self.get(id).filter(|r| r.unsynced_crc.is_some()) else {
+            return Ok(());
+        };
+        let path = self.blob_path(&rec);
+        let synced = match sync_file(&path, &self.blobs) {
+            Ok(ino) => ino,
+            // Removed in the meantime.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(format!("sync {}", path.display()), e)),
+        };
+        let mut index = lock(&self.index);
+        // Still the file that was synced: not removed and pulled again since
+        // (that pull's own sync is the one to clear it).
+        use std::os::unix::fs::MetadataExt;
+        let same = fs::metadata(&path).is_ok_and(|m| m.ino() == synced);
+        let Some(r) = index
+            .images
+            .iter_mut()
+            .find(|r| r.id == rec.id && r.unsynced_crc.is_some())
+            .filter(|_| same)
+        else {
+            return Ok(());
+        };
+        r.unsynced_crc = None;
+        self.save(&index)
     }
 
     fn save(&self, index: &Index) -> Result<()> {
@@ -320,6 +367,7 @@ impl ImageStore {
             Some(normalize(reference)),
             None,
             None,
+            None,
         )
     }
 
@@ -335,6 +383,9 @@ impl ImageStore {
     /// under its id (the image config's digest), with a tag and a repo digest.
     /// `base`: the digest of the image's first layer and the converter's
     /// state after it, kept for images that start with the same layer.
+    /// `unsynced_crc`: the root filesystem's CRC-32 when `sif` was written
+    /// without fsync ([`Self::sync`] is then the caller's to run).
+    #[allow(clippy::too_many_arguments)]
     pub fn add_converted(
         &self,
         sif: &Path,
@@ -342,6 +393,7 @@ impl ImageStore {
         tag: Option<String>,
         repo_digest: Option<String>,
         base: Option<(String, Vec<u8>)>,
+        unsynced_crc: Option<u32>,
     ) -> Result<ImageRecord> {
         let hex = id
             .strip_prefix("sha256:")
@@ -365,6 +417,7 @@ impl ImageStore {
             tag,
             repo_digest,
             base,
+            unsynced_crc,
         )
     }
 
@@ -411,6 +464,7 @@ impl ImageStore {
         tag: Option<String>,
         repo_digest: Option<String>,
         base: Option<(String, Vec<u8>)>,
+        unsynced_crc: Option<u32>,
     ) -> Result<ImageRecord> {
         let file = format!("{hex}.sif");
         let dest = self.blobs.join(&file);
@@ -481,6 +535,7 @@ impl ImageStore {
                     config,
                     pulled_at_ns: now_ns(),
                     base_layer,
+                    unsynced_crc,
                 };
                 index.images.push(rec.clone());
                 rec
@@ -592,6 +647,75 @@ fn inspect_sif(f: &mut File, source: &str) -> Result<(Option<ImageConfig>, u64, 
         None => None,
     };
     Ok((config, part.offset, part.size))
+}
+
+/// fsync of a file, then of the directory that holds its name; the file's
+/// inode number.
+fn sync_file(path: &Path, dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let f = File::open(path)?;
+    f.sync_all()?;
+    File::open(dir)?.sync_all()?;
+    Ok(f.metadata()?.ino())
+}
+
+/// At open, for a record whose file was not known to be synced: keeps it
+/// (synced now) when the file is whole: the size recorded, the root
+/// filesystem where recorded, with the CRC recorded; otherwise removes the
+/// file and its saved first-layer state and says so. Whether to keep it.
+fn settle_unsynced(blobs: &Path, rec: &mut ImageRecord) -> bool {
+    let Some(want) = rec.unsynced_crc else {
+        return true;
+    };
+    let path = blobs.join(&rec.file);
+    let checked = (|| -> std::result::Result<(), String> {
+        let mut f = File::open(&path).map_err(|e| e.to_string())?;
+        let len = f.metadata().map_err(|e| e.to_string())?.len();
+        if len != rec.size {
+            return Err(format!("{len} bytes, {} were written", rec.size));
+        }
+        let (_, offset, size) =
+            inspect_sif(&mut f, &path.display().to_string()).map_err(|e| e.to_string())?;
+        if (offset, size) != (rec.rootfs_offset, rec.rootfs_size) {
+            return Err("its root filesystem is not where it was written".into());
+        }
+        let got = crc_of(&mut f, offset, size).map_err(|e| e.to_string())?;
+        if got != want {
+            return Err(format!("CRC-32 {got:08x}, {want:08x} was written"));
+        }
+        sync_file(&path, blobs).map(drop).map_err(|e| e.to_string())
+    })();
+    match checked {
+        Ok(()) => {
+            rec.unsynced_crc = None;
+            true
+        }
+        Err(why) => {
+            tracing::warn!(image = %rec.id, file = %path.display(), error = %why, "an image written before a crash is not whole; dropping it (pull it again)");
+            let _ = fs::remove_file(&path);
+            let _ = fs::remove_file(blobs.join(format!("{}{BASE_SUFFIX}", rec.hex())));
+            false
+        }
+    }
+}
+
+/// CRC-32 of `size` bytes of `f` from `offset` on.
+fn crc_of(f: &mut File, offset: u64, size: u64) -> std::io::Result<u32> {
+    use std::io::{Seek, SeekFrom};
+    f.seek(SeekFrom::Start(offset))?;
+    let mut crc = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut left = size;
+    while left > 0 {
+        let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+        let n = f.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+        }
+        crc.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(crc.finalize())
 }
 
 /// `sha256:<hex>` of a file's content.

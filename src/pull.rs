@@ -512,13 +512,25 @@ async fn pull_and_convert(
     let (images2, id2, dir2) = (images.clone(), id.clone(), dir.clone());
     blocking(move || {
         let sif = dir2.0.join("image.sif");
-        convert::squashfs_to_sif(&sqfs, &runtime_cfg, &sif)?;
+        let crc = convert::squashfs_to_sif(&sqfs, &runtime_cfg, &sif)?;
         let _ = std::fs::remove_file(&sqfs);
         let base = base_layer.zip(base.map(|b| b.to_bytes()));
-        images2.add_converted(&sif, &id2, tag, repo_digest, base)?;
+        images2.add_converted(&sif, &id2, tag, repo_digest, base, Some(crc))?;
         Ok(())
     })
     .await?;
+    // The fsync is not the client's to wait for: until it is done, the
+    // record's CRC lets the next start tell a file a power loss cut short.
+    let (images2, id2) = (images.clone(), id.clone());
+    tokio::task::spawn_blocking(move || {
+        let t = std::time::Instant::now();
+        match images2.sync(&id2) {
+            Ok(()) => tracing::debug!(id = %id2, ms = ms(t.elapsed()), "image synced"),
+            Err(e) => {
+                tracing::warn!(id = %id2, error = %e, "syncing the image failed (it is checked again at the next start)")
+            }
+        }
+    });
     tracing::info!(
         image = %reference,
         id = %id,
@@ -658,7 +670,7 @@ impl Puller {
         };
         let id = crate::images::file_digest(&file)?;
         let (images, tag, id2) = (images.clone(), image.to_string(), id.clone());
-        blocking(move || images.add_converted(&file, &id2, Some(tag), digest, None)).await?;
+        blocking(move || images.add_converted(&file, &id2, Some(tag), digest, None, None)).await?;
         Ok(id)
     }
 

@@ -148,6 +148,20 @@ async fn pull_by_tag_then_find_by_tag_id_and_digest() {
     assert_eq!(id, pushed.config_digest, "image_ref is the config digest");
     assert_eq!(image_blobs(&s), vec![format!("{}.sif", hex(&id))]);
     assert_eq!(tmp_entries(&s), Vec::<String>::new(), "no pull left behind");
+    // The pull answers before its fsync; the sync then clears the record's CRC.
+    let index = s.storage_dir().join("images/index.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&index).expect("index")).expect("index json");
+        let rec = &saved["images"][0];
+        assert_eq!(rec["id"], json!(id));
+        if rec.get("unsynced_crc").is_none() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never synced: {rec}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 
     for name in [
         reference.as_str(),

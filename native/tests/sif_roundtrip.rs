@@ -326,33 +326,43 @@ fn writer_refuses_bad_input() {
 
 #[test]
 fn write_to_path_is_atomic() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("image.sif");
-    let img = SifBuilder::new()
-        .generic_json("oci-config.json", CONFIG)
-        .primary_squashfs(Cursor::new(squashfs_payload(5000)), None)
-        .write_to_path(&path)
+    type Write = fn(SifBuilder<'static>, &std::path::Path) -> Result<SifImage, SifError>;
+    let ways: [(&str, Write); 2] = [
+        ("synced", |b, p| b.write_to_path(p)),
+        ("unsynced", |b, p| b.write_to_path_unsynced(p)),
+    ];
+    for (way, write) in ways {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image.sif");
+        let img = write(
+            SifBuilder::new()
+                .generic_json("oci-config.json", CONFIG)
+                .primary_squashfs(Cursor::new(squashfs_payload(5000)), None),
+            &path,
+        )
         .unwrap();
-    let (back, mut f) = SifImage::open(&path).unwrap();
-    assert_eq!(back, img);
-    assert_eq!(back.check_primary_squashfs(&mut f).unwrap().id, 2);
-    let names: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(names, ["image.sif"], "no temporary file left behind");
+        let (back, mut f) = SifImage::open(&path).unwrap();
+        assert_eq!(back, img, "{way}");
+        assert_eq!(back.check_primary_squashfs(&mut f).unwrap().id, 2, "{way}");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["image.sif"], "{way}: no temporary file left behind");
 
-    // A failing build leaves the old file untouched and no temporary file.
-    let before = std::fs::read(&path).unwrap();
-    let r = SifBuilder::new()
-        .primary_squashfs(Cursor::new(b"notsquash".to_vec()), None)
-        .write_to_path(&path);
-    assert!(matches!(r, Err(SifError::NotSquashfs { .. })));
-    assert_eq!(std::fs::read(&path).unwrap(), before);
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // A failing build leaves the old file untouched and no temporary file.
+        let before = std::fs::read(&path).unwrap();
+        let r = write(
+            SifBuilder::new().primary_squashfs(Cursor::new(b"notsquash".to_vec()), None),
+            &path,
+        );
+        assert!(matches!(r, Err(SifError::NotSquashfs { .. })), "{way}");
+        assert_eq!(std::fs::read(&path).unwrap(), before, "{way}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "{way}");
 
-    let r = SifBuilder::new().write_to_path(&dir.path().join("missing-dir/x.sif"));
-    assert!(matches!(r, Err(SifError::Io(_))));
+        let r = write(SifBuilder::new(), &dir.path().join("missing-dir/x.sif"));
+        assert!(matches!(r, Err(SifError::Io(_))), "{way}");
+    }
 }
 
 // ---- hostile input ----

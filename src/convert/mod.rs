@@ -489,11 +489,14 @@ pub fn runtime_config(image_config: &[u8]) -> Result<Vec<u8>, ConvertError> {
 /// Wraps a squashfs and the runtime config JSON (the OCI config's `config` object,
 /// PascalCase keys as in [`crate::images::ImageConfig`]) into a SIF at `out`,
 /// atomically; the config is stored as the GenericJSON object `oci-config.json`.
+/// Not synced (the image store does that after the pull has answered): the
+/// CRC-32 of the squashfs, returned, is what tells a copy that a power loss
+/// cut short.
 pub fn squashfs_to_sif(
     squashfs: &Path,
     oci_config_json: &[u8],
     out: &Path,
-) -> Result<(), ConvertError> {
+) -> Result<u32, ConvertError> {
     if oci_config_json.len() > MAX_CONFIG {
         return Err(ConvertError::InvalidConfig(format!(
             "{} bytes, more than the allowed {MAX_CONFIG}",
@@ -514,10 +517,29 @@ pub fn squashfs_to_sif(
             source: e,
         })?
         .len();
+    let mut crc = crc32fast::Hasher::new();
+    let reader = CrcReader {
+        inner: std::io::BufReader::with_capacity(256 * 1024, f),
+        crc: &mut crc,
+    };
     SifBuilder::new()
         .generic_json("oci-config.json", oci_config_json.to_vec())
-        .primary_squashfs(std::io::BufReader::with_capacity(256 * 1024, f), Some(size))
-        .write_to_path(out)?;
+        .primary_squashfs(reader, Some(size))
+        .write_to_path_unsynced(out)?;
     tracing::debug!(out = %out.display(), squashfs_bytes = size, "wrote SIF");
-    Ok(())
+    Ok(crc.finalize())
+}
+
+/// Passes reads through, keeping the CRC-32 of what went by.
+struct CrcReader<'a, R> {
+    inner: R,
+    crc: &'a mut crc32fast::Hasher,
+}
+
+impl<R: Read> Read for CrcReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
 }

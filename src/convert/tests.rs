@@ -785,11 +785,12 @@ fn squashfs_to_sif_round_trip() {
     )
     .expect("config");
     let sif = dir.path().join("image.sif");
-    squashfs_to_sif(&sqfs, &config, &sif).expect("sif");
+    let crc = squashfs_to_sif(&sqfs, &config, &sif).expect("sif");
     let (img, mut f) = sycri_native::sif::SifImage::open(&sif).expect("parse");
     let part = img.check_primary_squashfs(&mut f).expect("primary").clone();
     let bytes = img.read_object(&mut f, &part, 1 << 20).expect("read part");
     assert_eq!(bytes, data);
+    assert_eq!(crc, crc32fast::hash(&data), "the CRC is the partition's");
     let d = img
         .find_generic_json("oci-config.json")
         .expect("config object")

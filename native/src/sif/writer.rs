@@ -297,6 +297,17 @@ impl<'a> SifBuilder<'a> {
     /// Writes the image to `path` atomically: into a new temporary file in the same
     /// directory, synced, then renamed over `path`.
     pub fn write_to_path(self, path: &Path) -> Result<SifImage, SifError> {
+        self.write_renamed(path, true)
+    }
+
+    /// Like [`Self::write_to_path`] without the fsyncs: the image is whole
+    /// once `path` exists, but only in the page cache. For callers that make
+    /// it durable later and can tell a copy a power loss cut short.
+    pub fn write_to_path_unsynced(self, path: &Path) -> Result<SifImage, SifError> {
+        self.write_renamed(path, false)
+    }
+
+    fn write_renamed(self, path: &Path, sync: bool) -> Result<SifImage, SifError> {
         let file_name = path.file_name().ok_or_else(|| {
             SifError::InvalidInput(format!("{} has no file name", path.display()))
         })?;
@@ -309,13 +320,17 @@ impl<'a> SifBuilder<'a> {
         let mut bw = BufWriter::with_capacity(COPY_BUF, file);
         let img = self.write_to(&mut bw)?;
         let file = bw.into_inner().map_err(|e| SifError::Io(e.into_error()))?;
-        file.sync_all()?;
+        if sync {
+            file.sync_all()?;
+        }
         drop(file);
         std::fs::rename(&tmp, path)?;
         guard.disarm();
         // Make the rename durable; failure here does not undo a complete image.
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
+        if sync {
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
         }
         Ok(img)
     }
