@@ -349,65 +349,72 @@ async fn pull_and_convert(
     // A stored image that starts with the same layer: go on from there,
     // without downloading or converting that layer again. (A first layer
     // that is not a tar layer is left to the full conversion to refuse.)
-    let resumed = match m.layers.first() {
-        Some(first) if reuse && convert::check_media_type(0, &first.media_type).is_ok() => {
-            let (images, first, n, opts) = (
-                images.clone(),
-                first.digest.clone(),
-                m.layers.len(),
-                inner.convert.clone(),
-            );
-            tokio::task::spawn_blocking(move || stored_first_layer(&images, &first, n, &opts))
-                .await
-                .ok()
-                .flatten()
-        }
-        _ => None,
-    };
-    let skip = usize::from(resumed.is_some());
-    let base_layer = m.layers.first().map(|l| l.digest.clone());
+    // The converter's thread looks for one while the config and the other
+    // layers download; the first layer's download waits for its word.
+    let first_layer = m.layers.first().cloned();
+    let try_reuse = reuse
+        && first_layer
+            .as_ref()
+            .is_some_and(|f| convert::check_media_type(0, &f.media_type).is_ok());
+    // A first layer that comes again later is downloaded in any case.
+    let first_again = first_layer
+        .as_ref()
+        .is_some_and(|f| m.layers[1..].iter().any(|l| l.digest == f.digest));
+    let base_layer = first_layer.as_ref().map(|l| l.digest.clone());
 
     // One feed per distinct layer; the converter reads them in manifest order.
-    let mut unique: Vec<(Descriptor, Arc<Feed>, usize)> = Vec::new();
-    for l in &m.layers[skip..] {
-        if !unique.iter().any(|(d, _, _)| d.digest == l.digest) {
-            let i = progress.add_blob(&l.digest, l.size);
-            unique.push((l.clone(), Feed::new(), i));
+    let mut unique: Vec<(Descriptor, Arc<Feed>)> = Vec::new();
+    for l in &m.layers {
+        if !unique.iter().any(|(d, _)| d.digest == l.digest) {
+            unique.push((l.clone(), Feed::new()));
         }
     }
     let cfg_blob = progress.add_blob(&m.config.digest, m.config.size);
-    let readers: Vec<(String, crate::registry::FeedReader)> = m.layers[skip..]
+    let readers: Vec<(String, crate::registry::FeedReader)> = m
+        .layers
         .iter()
         .filter_map(|l| {
-            let (_, f, _) = unique.iter().find(|(d, _, _)| d.digest == l.digest)?;
+            let (_, f) = unique.iter().find(|(d, _)| d.digest == l.digest)?;
             Some((l.media_type.clone(), f.reader()))
         })
         .collect();
-    let guards: Vec<FeedGuard> = unique
-        .iter()
-        .map(|(_, f, _)| FeedGuard(f.clone()))
-        .collect();
+    let guards: Vec<FeedGuard> = unique.iter().map(|(_, f)| FeedGuard(f.clone())).collect();
+    // The converter's word on the first layer: the saved state it goes on
+    // from (so that a failure can drop it), or None when it converts it.
+    let (decided, decision) = tokio::sync::oneshot::channel::<Option<PathBuf>>();
     let (opts, conv_dir, layers) = (inner.convert.clone(), dir.clone(), m.layers.len());
-    let reused = resumed.is_some();
-    let state = resumed.as_ref().map(|r| r.3.clone());
+    let (images2, first2) = (images.clone(), base_layer.clone());
     let convert = tokio::task::spawn_blocking(move || {
-        // The stored blocks are copied while the other layers download.
-        let mut c = match resumed {
-            Some((checked, src, offset, _)) => {
-                Converter::resume_checked(&sqfs_path, &opts, checked, &src, offset)
-                    .map_err(|e| convert::ConvertError::Base(e.to_string()))?
-            }
-            None => {
-                let mut c = Converter::new(&sqfs_path, layers, &opts)?;
-                c.keep_first_layer();
-                c
-            }
+        let resumed = match first2.filter(|_| try_reuse) {
+            Some(first) => stored_first_layer(&images2, &first, layers, &opts),
+            None => None,
         };
-        for (media_type, r) in readers {
-            c.add_layer(&media_type, r)?;
-        }
-        let (stats, base) = c.finish_with_base()?;
-        Ok::<_, convert::ConvertError>((sqfs_path, stats, base, conv_dir))
+        let state = resumed.as_ref().map(|r| r.3.clone());
+        let _ = decided.send(state.clone());
+        let mut readers = readers.into_iter();
+        let made = (|| {
+            // The stored blocks are copied while the other layers download.
+            let mut c = match resumed {
+                Some((checked, src, offset, _)) => {
+                    readers.next();
+                    Converter::resume_checked(&sqfs_path, &opts, checked, &src, offset)
+                        .map_err(|e| convert::ConvertError::Base(e.to_string()))?
+                }
+                None => {
+                    let mut c = Converter::new(&sqfs_path, layers, &opts)?;
+                    c.keep_first_layer();
+                    c
+                }
+            };
+            for (media_type, r) in readers {
+                c.add_layer(&media_type, r)?;
+            }
+            c.finish_with_base()
+        })();
+        (
+            state,
+            made.map(|(stats, base)| (sqfs_path, stats, base, conv_dir)),
+        )
     });
 
     let first = resolved.endpoint();
@@ -436,22 +443,39 @@ async fn pull_and_convert(
         };
         // Owned items: a closure over borrowed ones makes the future not general enough.
         let dir = dir_path;
+        let mut decision = Some(decision);
         let layers = futures_util::stream::iter(unique.to_vec())
-            .map(|(d, feed, i)| async move {
-                client
-                    .download(
-                        first,
-                        reference,
-                        creds,
-                        &d,
-                        dir,
-                        max,
-                        Some((&feed, progress, i)),
-                    )
-                    .await
+            .map(|(d, feed)| {
+                let wait = match &first_layer {
+                    Some(f) if f.digest == d.digest && !first_again => decision.take(),
+                    _ => None,
+                };
+                async move {
+                    if let Some(w) = wait {
+                        // Not needed when the converter goes on from a
+                        // stored copy (an answer lost with a failed
+                        // converter: download; its error says more).
+                        if matches!(w.await, Ok(Some(_))) {
+                            return Ok(None);
+                        }
+                    }
+                    let i = progress.add_blob(&d.digest, d.size);
+                    client
+                        .download(
+                            first,
+                            reference,
+                            creds,
+                            &d,
+                            dir,
+                            max,
+                            Some((&feed, progress, i)),
+                        )
+                        .await
+                        .map(Some)
+                }
             })
             .buffer_unordered(client.limits().concurrency.max(1))
-            .try_collect::<Vec<PathBuf>>();
+            .try_collect::<Vec<Option<PathBuf>>>();
         let (config, _) = tokio::try_join!(config, layers)?;
         progress.downloads_done();
         Ok::<_, crate::registry::RegistryError>(config)
@@ -461,6 +485,7 @@ async fn pull_and_convert(
     let mut config = None;
     let mut converted = None;
     let (mut fetched_at, mut converted_at) = (Default::default(), Default::default());
+    let mut reused = false;
     while config.is_none() || converted.is_none() {
         tokio::select! {
             r = &mut downloads, if config.is_none() => match r {
@@ -477,19 +502,18 @@ async fn pull_and_convert(
                 }
             },
             r = &mut convert, if converted.is_none() => match r {
-                Ok(Ok(v)) => {
+                Ok((state, Ok(v))) => {
                     converted = Some(v);
                     converted_at = started.elapsed();
+                    reused = state.is_some();
                 }
-                Ok(Err(convert::ConvertError::Base(why))) if reused => {
+                Ok((Some(state), Err(convert::ConvertError::Base(why)))) => {
                     tracing::warn!(image = %reference, error = %why, "going on from the stored first layer failed; pulling it in full");
-                    if let Some(state) = &state {
-                        images.drop_base(state);
-                    }
+                    images.drop_base(&state);
                     drop(guards);
                     return Err(Retry::Full);
                 }
-                Ok(Err(e)) => {
+                Ok((_, Err(e))) => {
                     // A layer that cannot be read because its download failed:
                     // the download's error says more.
                     if matches!(&e, convert::ConvertError::Io { context, .. } if context.starts_with("read layer")) && config.is_none() {

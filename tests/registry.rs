@@ -432,6 +432,18 @@ async fn an_image_sharing_a_stored_first_layer_does_not_fetch_it_again() {
     assert_eq!(pull_ok(&mut full, &rc).await, idc);
     assert!(rootfs_bytes(&s, &idc) == rootfs_bytes(&full, &idc));
 
+    // The first layer once more on top: stored blocks for the bottom, the
+    // blob fetched all the same for the top.
+    let mut layers = own("again").layers;
+    layers.push(layers[0].clone());
+    let again = Image::new(layers, json!({"Labels": {"name": "again"}}));
+    push(&reg, "share/again", "v1", &again, Flavor::OciManifest).await;
+    let r = format!("{}/share/again:v1", reg.host());
+    let id = pull_ok(&mut s, &r).await;
+    assert_eq!(pull_ok(&mut full, &r).await, id);
+    assert!(rootfs_bytes(&s, &id) == rootfs_bytes(&full, &id));
+    remove_image(&mut s.img, &r).await.expect("remove again");
+
     // Damaged states are not used: the layer is fetched and converted again.
     for id in [&idb, &idc] {
         let f = s
