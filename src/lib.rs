@@ -15,6 +15,7 @@ pub mod cni;
 pub mod config;
 pub mod convert;
 pub mod cri;
+pub mod deadline;
 pub mod engine;
 pub mod error;
 pub mod fdio;

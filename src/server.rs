@@ -115,6 +115,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     };
     let server = tonic::transport::Server::builder()
         .max_frame_size(MAX_FRAME)
+        .layer(crate::deadline::DeadlineLayer)
         .add_service(
             RuntimeServiceServer::new(RuntimeService::new(rt.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)

@@ -1277,6 +1277,93 @@ async fn config_with_null_fields_pulls() {
     assert_no_leaks(s.dir.path(), &[]);
 }
 
+/// PullImage over a bare HTTP/2 stream with `grpc-timeout: timeout` and no
+/// timer on this side (tonic's client would end the call itself, with its
+/// own Cancelled): the gRPC status code and message the server sends.
+async fn pull_with_grpc_timeout(sock: &Path, image: &str, timeout: &str) -> (String, String) {
+    use prost::Message;
+    let io = tokio::net::UnixStream::connect(sock)
+        .await
+        .expect("connect");
+    let (client, conn) = h2::client::handshake(io).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut client = client.ready().await.expect("h2 ready");
+    let req = http::Request::post("http://localhost/runtime.v1.ImageService/PullImage")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", timeout)
+        .body(())
+        .expect("request");
+    let (resp, mut send) = client.send_request(req, false).expect("send");
+    let msg = cri::PullImageRequest {
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend(u32::try_from(msg.len()).expect("len").to_be_bytes());
+    framed.extend(msg);
+    send.send_data(framed.into(), true).expect("send body");
+    let (parts, mut body) = resp.await.expect("response").into_parts();
+    let field = |h: &http::HeaderMap, k: &str| {
+        h.get(k)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    if parts.headers.contains_key("grpc-status") {
+        return (
+            field(&parts.headers, "grpc-status"),
+            field(&parts.headers, "grpc-message"),
+        );
+    }
+    while let Some(d) = body.data().await {
+        d.expect("body");
+    }
+    let t = body.trailers().await.expect("trailers").unwrap_or_default();
+    (field(&t, "grpc-status"), field(&t, "grpc-message"))
+}
+
+/// A client deadline that passes during a pull (critest's PullImage with a
+/// one-millisecond timeout; here a stalled registry) ends the call with
+/// DEADLINE_EXCEEDED, not tonic's CANCELLED; the pull stops and leaves
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_past_the_clients_deadline_ends_with_deadline_exceeded() {
+    if !ready("a_pull_past_the_clients_deadline_ends_with_deadline_exceeded") {
+        return;
+    }
+    let tiny = TinyServer::start().await;
+    let image = Image::busybox3(json!({}));
+    tiny.serve_image("late/app", "v1", &image, Flavor::OciManifest);
+    let layer = &image.layers[0];
+    tiny.set(
+        &format!("/v2/late/app/blobs/{}", layer.digest()),
+        Reply::Stall("application/octet-stream".into(), layer.bytes.clone(), 1000),
+    );
+    let mut s = Server::start().await;
+    let reference = format!("{}/late/app:v1", tiny.host());
+    for timeout in ["300m", "999u", "1m"] {
+        let (code, message) = pull_with_grpc_timeout(&s.socket(), &reference, timeout).await;
+        // 4: DEADLINE_EXCEEDED (1 would be CANCELLED).
+        assert_eq!(code, "4", "grpc-timeout {timeout}: {message}");
+    }
+    wait_for(
+        "the temporary directory to empty",
+        Duration::from_secs(5),
+        || tmp_entries(&s).is_empty(),
+    )
+    .await;
+    assert!(
+        list_images(&mut s.img).await.is_empty(),
+        "the server answers"
+    );
+    assert_no_leaks(s.dir.path(), &[]);
+}
+
 /// `image_pull_progress_timeout`: a registry that stops sending half way
 /// through a layer ends the pull after that long with DeadlineExceeded and a
 /// message that says so; nothing is left in the store's temporary directory.
