@@ -546,14 +546,18 @@ async fn pull_and_convert(
     // The fsync is not the client's to wait for: until it is done, the
     // record's CRC lets the next start tell a file a power loss cut short.
     let (images2, id2) = (images.clone(), id.clone());
-    tokio::task::spawn_blocking(move || {
-        let t = std::time::Instant::now();
-        match images2.sync(&id2) {
-            Ok(()) => tracing::debug!(id = %id2, ms = ms(t.elapsed()), "image synced"),
-            Err(e) => {
-                tracing::warn!(id = %id2, error = %e, "syncing the image failed (it is checked again at the next start)")
+    tokio::spawn(async move {
+        tokio::time::sleep(SYNC_DELAY).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            let t = std::time::Instant::now();
+            match images2.sync(&id2) {
+                Ok(()) => tracing::debug!(id = %id2, ms = ms(t.elapsed()), "image synced"),
+                Err(e) => {
+                    tracing::warn!(id = %id2, error = %e, "syncing the image failed (it is checked again at the next start)")
+                }
             }
-        }
+        })
+        .await;
     });
     tracing::info!(
         image = %reference,
@@ -614,6 +618,11 @@ fn stored_first_layer(
     }
     None
 }
+
+/// How long after a pull its SIF is synced: not while the requests that
+/// follow a pull are served (the fsync competes with them for the disk),
+/// and not at all for an image removed by then.
+const SYNC_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Milliseconds, for the phase times in the log.
 fn ms(d: std::time::Duration) -> f64 {
