@@ -9,7 +9,7 @@
 //! each block went); the image store keeps it beside the SIF. Converting
 //! another image with the same first layer (same digest, compression, level
 //! and block size) then copies that stretch of the stored image and resumes
-//! from the saved state (`Converter::resume`): the first layer is neither
+//! from the saved state (`Converter::resume_checked`): the first layer is neither
 //! downloaded nor decompressed, and the result is byte for byte the image a
 //! full conversion makes.
 //!
@@ -139,9 +139,10 @@ pub struct Checked {
 impl BaseLayer {
     /// Checks everything the state names against a stored squashfs of `len`
     /// bytes and `opts`, for a conversion of `layers` layers (the first one
-    /// included).
+    /// included). Consumes the state: the checked one carries it on (it is
+    /// the new image's state too).
     pub fn check(
-        &self,
+        self,
         opts: &ConvertOptions,
         layers: usize,
         len: u64,
@@ -177,7 +178,7 @@ impl BaseLayer {
         )
         .map_err(|e| bad(&e))?;
         Ok(Checked {
-            base: self.clone(),
+            base: self,
             merger,
             layers,
         })

@@ -99,25 +99,10 @@ impl Converter {
         Ok(Self::assemble(out, layers, opts, merger, sqfs, tmp))
     }
 
-    /// A conversion of `layers` layers (the first one included) into `out`
-    /// that goes on after the first: `base` was saved from the squashfs at
-    /// `offset` in `src` (`len` bytes), whose first-layer blocks are copied.
+    /// A conversion into `out` that goes on after the first layer, from a
+    /// saved state checked ([`BaseLayer::check`]) against the squashfs at
+    /// `offset` in `src`, whose first-layer blocks are copied.
     /// [`Converter::add_layer`] then takes the second layer on.
-    pub fn resume(
-        out: &Path,
-        layers: usize,
-        opts: &ConvertOptions,
-        base: &BaseLayer,
-        src: &File,
-        offset: u64,
-        len: u64,
-    ) -> Result<Converter, ConvertError> {
-        let checked = base.check(opts, layers, len)?;
-        Self::resume_checked(out, opts, checked, src, offset)
-    }
-
-    /// [`Converter::resume`] with a state already checked against the
-    /// squashfs at `offset` in `src`.
     pub fn resume_checked(
         out: &Path,
         opts: &ConvertOptions,

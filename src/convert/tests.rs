@@ -1520,7 +1520,8 @@ fn convert_from_base(
 ) -> Result<(Vec<u8>, Option<BaseLayer>), ConvertError> {
     let f = std::fs::File::open(src).expect("open source");
     let len = f.metadata().expect("stat").len();
-    let mut c = Converter::resume(out, layers.len(), o, base, &f, 0, len)?;
+    let checked = base.clone().check(o, layers.len(), len)?;
+    let mut c = Converter::resume_checked(out, o, checked, &f, 0)?;
     for l in &layers[1..] {
         c.add_layer(&l.media_type, std::fs::File::open(&l.path).expect("open"))?;
     }
