@@ -232,7 +232,7 @@ impl ImageStore {
     }
 
     fn base_path(&self, hex: &str) -> PathBuf {
-        self.blobs.join(format!("{hex}{BASE_SUFFIX}"))
+        base_file(&self.blobs, hex)
     }
 
     /// Forgets a saved first-layer state that cannot be used (its record
@@ -495,6 +495,9 @@ impl ImageStore {
         } else {
             fs::rename(file_path, &dest).map_err(|e| {
                 let _ = fs::remove_file(file_path);
+                if let Some((_, tmp)) = &base {
+                    let _ = fs::remove_file(tmp);
+                }
                 Error::io(format!("store {}", dest.display()), e)
             })?;
         }
@@ -649,6 +652,11 @@ fn inspect_sif(f: &mut File, source: &str) -> Result<(Option<ImageConfig>, u64, 
     Ok((config, part.offset, part.size))
 }
 
+/// The saved first-layer state of the image `<hex>.sif` in `blobs`.
+fn base_file(blobs: &Path, hex: &str) -> PathBuf {
+    blobs.join(format!("{hex}{BASE_SUFFIX}"))
+}
+
 /// fsync of a file, then of the directory that holds its name; the file's
 /// inode number.
 fn sync_file(path: &Path, dir: &Path) -> std::io::Result<u64> {
@@ -693,7 +701,7 @@ fn settle_unsynced(blobs: &Path, rec: &mut ImageRecord) -> bool {
         Err(why) => {
             tracing::warn!(image = %rec.id, file = %path.display(), error = %why, "an image written before a crash is not whole; dropping it (pull it again)");
             let _ = fs::remove_file(&path);
-            let _ = fs::remove_file(blobs.join(format!("{}{BASE_SUFFIX}", rec.hex())));
+            let _ = fs::remove_file(base_file(blobs, rec.hex()));
             false
         }
     }

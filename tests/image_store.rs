@@ -131,3 +131,30 @@ fn an_unsynced_image_a_crash_damaged_is_dropped_at_open() {
         );
     }
 }
+
+#[test]
+fn an_image_that_cannot_be_stored_leaves_no_file_behind() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (storage, run) = (t.path().join("s"), t.path().join("r"));
+    let store = ImageStore::open(&storage, &run).expect("open");
+    // Its place in the store is taken by a directory: the rename fails.
+    let blobs = storage.join("images/sha256");
+    let hex = ID.trim_start_matches("sha256:");
+    fs::create_dir_all(blobs.join(format!("{hex}.sif/in-the-way"))).expect("mkdir");
+    let (sif, crc) = converted_sif(t.path());
+    let state = Some(("sha256:layer".into(), b"state".to_vec()));
+    store
+        .add_converted(&sif, ID, Some(TAG.into()), None, state, Some(crc))
+        .expect_err("cannot be stored");
+    assert!(!sif.exists(), "the new SIF is removed");
+    let left: Vec<String> = fs::read_dir(&blobs)
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        left,
+        [format!("{hex}.sif")],
+        "no first-layer state or temporary file"
+    );
+    assert!(store.list().is_empty());
+}
