@@ -1327,6 +1327,21 @@ async fn pull_with_grpc_timeout(sock: &Path, image: &str, timeout: &str) -> (Str
     (field(&t, "grpc-status"), field(&t, "grpc-message"))
 }
 
+/// A registry serving `repo:v1` whose first layer stops after 1000 bytes;
+/// the reference to pull.
+async fn stalling_registry(repo: &str) -> (TinyServer, String) {
+    let tiny = TinyServer::start().await;
+    let image = Image::busybox3(json!({}));
+    tiny.serve_image(repo, "v1", &image, Flavor::OciManifest);
+    let layer = &image.layers[0];
+    tiny.set(
+        &format!("/v2/{repo}/blobs/{}", layer.digest()),
+        Reply::Stall("application/octet-stream".into(), layer.bytes.clone(), 1000),
+    );
+    let reference = format!("{}/{repo}:v1", tiny.host());
+    (tiny, reference)
+}
+
 /// A client deadline that passes during a pull (critest's PullImage with a
 /// one-millisecond timeout; here a stalled registry) ends the call with
 /// DEADLINE_EXCEEDED, not tonic's CANCELLED; the pull stops and leaves
@@ -1336,16 +1351,8 @@ async fn a_pull_past_the_clients_deadline_ends_with_deadline_exceeded() {
     if !ready("a_pull_past_the_clients_deadline_ends_with_deadline_exceeded") {
         return;
     }
-    let tiny = TinyServer::start().await;
-    let image = Image::busybox3(json!({}));
-    tiny.serve_image("late/app", "v1", &image, Flavor::OciManifest);
-    let layer = &image.layers[0];
-    tiny.set(
-        &format!("/v2/late/app/blobs/{}", layer.digest()),
-        Reply::Stall("application/octet-stream".into(), layer.bytes.clone(), 1000),
-    );
+    let (_tiny, reference) = stalling_registry("late/app").await;
     let mut s = Server::start().await;
-    let reference = format!("{}/late/app:v1", tiny.host());
     for timeout in ["300m", "999u", "1m"] {
         let (code, message) = pull_with_grpc_timeout(&s.socket(), &reference, timeout).await;
         // 4: DEADLINE_EXCEEDED (1 would be CANCELLED).
@@ -1372,17 +1379,10 @@ async fn stalled_pull_times_out_and_leaves_nothing() {
     if !ready("stalled_pull_times_out_and_leaves_nothing") {
         return;
     }
-    let tiny = TinyServer::start().await;
-    let image = Image::busybox3(json!({}));
-    tiny.serve_image("slow/app", "v1", &image, Flavor::OciManifest);
-    let layer = &image.layers[0];
-    tiny.set(
-        &format!("/v2/slow/app/blobs/{}", layer.digest()),
-        Reply::Stall("application/octet-stream".into(), layer.bytes.clone(), 1000),
-    );
+    let (_tiny, reference) = stalling_registry("slow/app").await;
     let mut s = start_server_with_config("image_pull_progress_timeout = \"1500ms\"\n").await;
     let t = std::time::Instant::now();
-    let err = pull_ref(&mut s.img, &format!("{}/slow/app:v1", tiny.host()))
+    let err = pull_ref(&mut s.img, &reference)
         .await
         .expect_err("a stalled pull fails");
     let took = t.elapsed();
