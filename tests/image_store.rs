@@ -40,6 +40,26 @@ fn saved(storage: &Path) -> Vec<serde_json::Value> {
     v["images"].as_array().expect("images").clone()
 }
 
+/// A fresh store under `dir`: its storage and run directories and the store.
+fn open_store(dir: &Path) -> (PathBuf, PathBuf, ImageStore) {
+    let (storage, run) = (dir.join("s"), dir.join("r"));
+    let store = ImageStore::open(&storage, &run).expect("open");
+    (storage, run, store)
+}
+
+/// Adds a SIF made in `dir` as a pull adds it (unsynced, with its CRC and
+/// `state` as its first-layer state); the SIF's path, its CRC and the
+/// outcome.
+fn add_pulled(
+    store: &ImageStore,
+    dir: &Path,
+    state: Option<(String, Vec<u8>)>,
+) -> (PathBuf, u32, sycri::error::Result<ImageRecord>) {
+    let (sif, crc) = converted_sif(dir);
+    let r = store.add_converted(&sif, ID, Some(TAG.into()), None, state, Some(crc));
+    (sif, crc, r)
+}
+
 fn base_of(store: &ImageStore, rec: &ImageRecord) -> PathBuf {
     store.blob_path(rec).with_extension("base")
 }
@@ -47,13 +67,9 @@ fn base_of(store: &ImageStore, rec: &ImageRecord) -> PathBuf {
 #[test]
 fn a_pulled_image_is_synced_later_and_then_says_so() {
     let t = tempfile::tempdir().expect("tempdir");
-    let (storage, run) = (t.path().join("s"), t.path().join("r"));
-    let store = ImageStore::open(&storage, &run).expect("open");
-    let (sif, crc) = converted_sif(t.path());
-    let rec = store
-        .add_converted(&sif, ID, Some(TAG.into()), None, None, Some(crc))
-        .expect("add");
-    assert_eq!(rec.unsynced_crc, Some(crc));
+    let (storage, _, store) = open_store(t.path());
+    let (_, crc, rec) = add_pulled(&store, t.path(), None);
+    assert_eq!(rec.expect("add").unsynced_crc, Some(crc));
     assert_eq!(saved(&storage)[0]["unsynced_crc"], serde_json::json!(crc));
     store.sync(ID).expect("sync");
     assert!(saved(&storage)[0].get("unsynced_crc").is_none());
@@ -66,12 +82,8 @@ fn a_pulled_image_is_synced_later_and_then_says_so() {
 #[test]
 fn an_unsynced_image_that_is_whole_is_kept_at_open() {
     let t = tempfile::tempdir().expect("tempdir");
-    let (storage, run) = (t.path().join("s"), t.path().join("r"));
-    let store = ImageStore::open(&storage, &run).expect("open");
-    let (sif, crc) = converted_sif(t.path());
-    store
-        .add_converted(&sif, ID, Some(TAG.into()), None, None, Some(crc))
-        .expect("add");
+    let (storage, run, store) = open_store(t.path());
+    add_pulled(&store, t.path(), None).2.expect("add");
     drop(store);
     let store = ImageStore::open(&storage, &run).expect("reopen");
     let rec = store.get(TAG).expect("kept");
@@ -102,19 +114,9 @@ fn an_unsynced_image_a_crash_damaged_is_dropped_at_open() {
     ];
     for (what, damage) in cases {
         let t = tempfile::tempdir().expect("tempdir");
-        let (storage, run) = (t.path().join("s"), t.path().join("r"));
-        let store = ImageStore::open(&storage, &run).expect("open");
-        let (sif, crc) = converted_sif(t.path());
-        let rec = store
-            .add_converted(
-                &sif,
-                ID,
-                Some(TAG.into()),
-                None,
-                Some(("sha256:layer".into(), b"state".to_vec())),
-                Some(crc),
-            )
-            .expect("add");
+        let (storage, run, store) = open_store(t.path());
+        let state = Some(("sha256:layer".into(), b"state".to_vec()));
+        let rec = add_pulled(&store, t.path(), state).2.expect("add");
         let path = store.blob_path(&rec);
         let base = base_of(&store, &rec);
         assert!(base.exists(), "{what}: the first layer's state is written");
@@ -135,17 +137,14 @@ fn an_unsynced_image_a_crash_damaged_is_dropped_at_open() {
 #[test]
 fn an_image_that_cannot_be_stored_leaves_no_file_behind() {
     let t = tempfile::tempdir().expect("tempdir");
-    let (storage, run) = (t.path().join("s"), t.path().join("r"));
-    let store = ImageStore::open(&storage, &run).expect("open");
+    let (storage, _, store) = open_store(t.path());
     // Its place in the store is taken by a directory: the rename fails.
     let blobs = storage.join("images/sha256");
     let hex = ID.trim_start_matches("sha256:");
     fs::create_dir_all(blobs.join(format!("{hex}.sif/in-the-way"))).expect("mkdir");
-    let (sif, crc) = converted_sif(t.path());
     let state = Some(("sha256:layer".into(), b"state".to_vec()));
-    store
-        .add_converted(&sif, ID, Some(TAG.into()), None, state, Some(crc))
-        .expect_err("cannot be stored");
+    let (sif, _, r) = add_pulled(&store, t.path(), state);
+    r.expect_err("cannot be stored");
     assert!(!sif.exists(), "the new SIF is removed");
     let left: Vec<String> = fs::read_dir(&blobs)
         .expect("ls")
