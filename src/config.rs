@@ -47,6 +47,10 @@ pub struct Config {
     /// signal before SIGKILL, in seconds; 0 (the default, as containerd)
     /// kills at once.
     pub pod_stop_timeout_secs: u64,
+    /// Network namespaces kept ready for the next pods (with their own
+    /// network and a CNI config), so that CNI ADD need not wait for one; 0
+    /// makes each pod's namespace as the pod is made.
+    pub spare_netns: usize,
     /// Largest unpacked size of an image pulled from a registry (all layers),
     /// a guard against decompression bombs.
     pub max_image_bytes: u64,
@@ -189,6 +193,7 @@ impl Default for Config {
             cgroup_parent: DEFAULT_CGROUP_PARENT.to_string(),
             stream_address: "127.0.0.1:0".to_string(),
             pod_stop_timeout_secs: 0,
+            spare_netns: 1,
             max_image_bytes: 8 << 30,
             library_url: "https://library.sylabs.io".to_string(),
             cni_conf_dir: PathBuf::from(DEFAULT_CNI_CONF_DIR),

@@ -141,5 +141,6 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     // Images kept mounted for a next container (image_unmount_delay) that no
     // container uses: their release timers end with this process.
     rt.release_unused_image_mounts(true).await;
+    rt.release_spare_nets().await;
     Ok(())
 }

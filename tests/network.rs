@@ -247,10 +247,7 @@ async fn start_server(cfg_dir: &Path, cni_conf_dir: &Path) -> Server {
 /// Stops the server (SIGTERM; containers and pods live on) and starts it again.
 async fn restart_server(s: &mut Server, cfg_dir: &Path) {
     s.terminate();
-    let (child, rt, img) = launch(s.dir.path(), &cfg_dir.join("sycri.toml"), false).await;
-    s.child = Some(child);
-    s.rt = rt;
-    s.img = img;
+    relaunch(s, cfg_dir).await;
 }
 
 async fn network_condition(rt: &mut Rt) -> cri::RuntimeCondition {
@@ -500,7 +497,7 @@ async fn two_pods_reach_each_other_over_the_bridge() {
     }
     assert!(list_pods(&mut s.rt).await.is_empty());
     net.assert_empty(&[&a, &b]).await;
-    assert_no_leaks(s.dir.path(), &[]);
+    assert_no_leaks_but_the_spare(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -549,7 +546,7 @@ async fn host_port_answers_on_localhost() {
 
     stop_and_remove(&mut s, &pod).await;
     net.assert_empty(&[&pod]).await;
-    assert_no_leaks(s.dir.path(), &[]);
+    assert_no_leaks_but_the_spare(&s).await;
 }
 
 /// GET / from host:port with a plain TCP client: the response, or the error.
@@ -736,7 +733,7 @@ async fn sysctls_are_applied_in_the_pod_and_others_refused() {
     );
     assert!(list_pods(&mut s.rt).await.is_empty());
     net.assert_empty(&[&pod]).await;
-    assert_no_leaks(s.dir.path(), &[]);
+    assert_no_leaks_but_the_spare(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -776,4 +773,127 @@ async fn teardown_after_restart_and_without_the_netns() {
     assert_no_leaks(s.dir.path(), &[]);
     let log = server_log(s.dir.path());
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// The spare network namespaces the server holds (pinned files).
+fn spare_nets(s: &Server) -> Vec<PathBuf> {
+    let dir = s.run_dir().join("spare-net");
+    mounts_under(&dir)
+}
+
+/// The server's one spare network namespace, once it is made.
+async fn wait_spare(s: &Server) -> PathBuf {
+    wait_for("a spare network namespace", Duration::from_secs(10), || {
+        spare_nets(s).len() == 1
+    })
+    .await;
+    spare_nets(s).remove(0)
+}
+
+/// What assert_no_leaks asks of a running server, which may keep its one
+/// spare network namespace (`spare_netns` = 1): at most one, a network
+/// namespace, and nothing else.
+async fn assert_no_leaks_but_the_spare(s: &Server) {
+    let spares = spare_nets(s);
+    assert!(spares.len() <= 1, "more spares than wanted: {spares:?}");
+    for p in &spares {
+        assert!(p.ends_with("ns/net"), "{}", p.display());
+        assert!(
+            sycri::cni::is_netns(p),
+            "{} is no network namespace",
+            p.display()
+        );
+    }
+    assert_only_pods_left(s, &[], &spares).await;
+}
+
+fn inode(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .ino()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_takes_the_spare_netns_and_a_stop_or_crash_leaves_none() {
+    assert!(is_root(), "integration tests run as root");
+    if plugins("a_pod_takes_the_spare_netns_and_a_stop_or_crash_leaves_none").is_none() {
+        return;
+    }
+    let net = TestNet::new(6);
+    let mut s = start_server(net.dir.path(), &net.conf_dir()).await;
+    let logs = s.log_dir();
+    assert!(spare_nets(&s).is_empty(), "none before a pod asks");
+    let a = run_pod(&mut s.rt, pod_config("first", &logs)).await;
+    let spare = wait_spare(&s).await;
+    let spare_ino = inode(&spare);
+
+    // The next pod runs in the spare (its pin is the spare's namespace), on
+    // the network, and a new spare is made for the pod after it.
+    let b = run_pod(&mut s.rt, pod_config("second", &logs)).await;
+    let b_net = s.run_dir().join("pods").join(&b).join("ns").join("net");
+    assert_eq!(inode(&b_net), spare_ino, "the pod took the spare");
+    assert!(!spare.exists(), "the spare's own pin is gone");
+    let next = wait_spare(&s).await;
+    assert_ne!(inode(&next), spare_ino);
+    let (st, info) = pod_status(&mut s.rt, &b).await;
+    let ip = st.network.expect("network").ip;
+    assert!(ip.starts_with(&net.subnet_prefix()), "{ip}");
+    // The attachment names the pod's own pin, not the spare's (DEL uses it).
+    let eth0 = info["cniResult"]["interfaces"]
+        .as_array()
+        .and_then(|v| v.iter().find(|i| i["name"] == "eth0"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(eth0["sandbox"], b_net.to_string_lossy().as_ref(), "{info}");
+    assert!(!info.to_string().contains("spare-net"), "{info}");
+    let addrs = output(
+        Command::new("nsenter")
+            .arg(format!("--net={}", b_net.display()))
+            .args(["ip", "-4", "-o", "addr", "show", "eth0"]),
+    )
+    .expect("nsenter");
+    let addrs = String::from_utf8_lossy(&addrs.stdout);
+    assert!(
+        addrs.contains(&format!("{ip}/")),
+        "eth0 of the pod: {addrs}"
+    );
+
+    stop_and_remove(&mut s, &a).await;
+    stop_and_remove(&mut s, &b).await;
+    net.assert_empty(&[&a, &b]).await;
+    assert_no_leaks_but_the_spare(&s).await;
+    assert_eq!(spare_nets(&s).len(), 1);
+
+    // A stopping server releases its spare.
+    s.terminate();
+    assert_no_leaks(s.dir.path(), &[]);
+
+    // One killed with a spare ready: the next start releases it (and makes
+    // none until a pod asks), and the pod lives on.
+    relaunch(&mut s, net.dir.path()).await;
+    let c = run_pod(&mut s.rt, pod_config("third", &logs)).await;
+    let left = wait_spare(&s).await;
+    s.kill9();
+    relaunch(&mut s, net.dir.path()).await;
+    assert!(spare_nets(&s).is_empty(), "swept: {:?}", spare_nets(&s));
+    assert!(!left.exists(), "{}", left.display());
+    assert_eq!(
+        pod_status(&mut s.rt, &c).await.0.state,
+        cri::PodSandboxState::SandboxReady as i32
+    );
+    stop_and_remove(&mut s, &c).await;
+    net.assert_empty(&[&c]).await;
+    assert_no_leaks(s.dir.path(), &[]);
+    let log = server_log(s.dir.path());
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// Starts the server again on the same directories (it is not running:
+/// stopped or killed).
+async fn relaunch(s: &mut Server, cfg_dir: &Path) {
+    let (child, rt, img) = launch(s.dir.path(), &cfg_dir.join("sycri.toml"), false).await;
+    s.child = Some(child);
+    s.rt = rt;
+    s.img = img;
 }

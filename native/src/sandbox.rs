@@ -176,6 +176,14 @@ fn setup(spec: &SandboxSpec) -> Result<Option<i32>, Failure> {
             pins.push(name);
         }
     }
+    if let (true, Some(spare)) = (spec.share_net, &spec.net_from) {
+        let f = fs::File::open(spare).map_err(|e| {
+            Failure::not_found(format!("spare network namespace {}: {e}", spare.display()))
+        })?;
+        setns(&f, CloneFlags::CLONE_NEWNET)
+            .map_err(|e| Failure::internal("enter the spare network namespace", e))?;
+        flags.remove(CloneFlags::CLONE_NEWNET);
+    }
     unshare(flags).map_err(|e| Failure::internal("unshare", e))?;
     if spec.share_uts && !spec.hostname.is_empty() {
         sethostname(&spec.hostname).map_err(|e| Failure::internal("sethostname", e))?;

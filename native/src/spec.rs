@@ -144,6 +144,11 @@ pub struct SandboxSpec {
     /// the pod's network is set up, so interface sysctls find their interface.
     #[serde(default)]
     pub apply_only: bool,
+    /// With `share_net`: enter this pinned network namespace (a spare made
+    /// ahead of time, whose CNI ADD may already be running) instead of
+    /// making a new one; it is pinned in `ns_dir` like a new one.
+    #[serde(default)]
+    pub net_from: Option<PathBuf>,
 }
 
 /// The exit status the monitor records for a container.

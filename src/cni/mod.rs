@@ -14,7 +14,8 @@ pub mod plugin;
 pub mod result;
 
 use crate::engine::Reaper;
-use conf::{version_at_least, NetworkConfig};
+use conf::version_at_least;
+pub use conf::NetworkConfig;
 pub use error::CniError;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -101,6 +102,27 @@ impl Attachment {
             .as_ref()
             .map(|r| result::pod_ips(r, &self.ifname))
             .unwrap_or_default()
+    }
+
+    /// The same namespace is pinned at `netns` now (a spare the ADD ran on,
+    /// taken by the pod): the attachment and its result's interfaces name
+    /// the new path, for DEL and the pod's status.
+    pub fn moved_to(&mut self, netns: &Path) {
+        let old = self.netns.to_string_lossy().into_owned();
+        let new = Value::String(netns.to_string_lossy().into_owned());
+        let interfaces = self
+            .result
+            .as_mut()
+            .and_then(|r| r.get_mut("interfaces"))
+            .and_then(Value::as_array_mut);
+        for i in interfaces.into_iter().flatten() {
+            if let Some(sb) = i.get_mut("sandbox") {
+                if sb.as_str() == Some(&old) {
+                    *sb = new.clone();
+                }
+            }
+        }
+        self.netns = netns.to_path_buf();
     }
 
     fn cni_args(&self) -> String {
@@ -414,6 +436,37 @@ mod tests {
             json!({"portMappings": [{"hostPort": 8080}]})
         );
         assert_eq!(second["prevResult"], prev);
+    }
+
+    #[test]
+    fn a_moved_attachment_names_the_new_pin_in_its_result_too() {
+        let pod = PodRef {
+            id: "abc".into(),
+            ..Default::default()
+        };
+        let mut a = Attachment::new(&net(), &pod, Path::new("/run/spare/net"), Map::new());
+        a.result = Some(json!({"interfaces": [
+            {"name": "cni0"},
+            {"name": "veth1", "sandbox": ""},
+            {"name": "eth0", "sandbox": "/run/spare/net"},
+            {"name": "other", "sandbox": "/elsewhere"}]}));
+        a.moved_to(Path::new("/run/pods/abc/ns/net"));
+        assert_eq!(a.netns, Path::new("/run/pods/abc/ns/net"));
+        let r = a.result.as_ref().expect("result");
+        let sandboxes: Vec<&Value> = (0..4).map(|i| &r["interfaces"][i]["sandbox"]).collect();
+        assert_eq!(
+            sandboxes,
+            [
+                &Value::Null,
+                &json!(""),
+                &json!("/run/pods/abc/ns/net"),
+                &json!("/elsewhere")
+            ]
+        );
+        // Without a result (ADD failed) only the path changes.
+        let mut b = Attachment::new(&net(), &pod, Path::new("/run/spare/net"), Map::new());
+        b.moved_to(Path::new("/p"));
+        assert_eq!((b.netns.as_path(), b.result), (Path::new("/p"), None));
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod pods;
 mod pull;
 mod recover;
 mod resources;
+mod spare_net;
 mod stream;
 #[cfg(test)]
 mod tests;
@@ -56,6 +57,8 @@ pub struct Runtime {
     reaper: Reaper,
     /// The streaming server's token registry (None: no streaming server).
     streaming: Option<Arc<Streaming>>,
+    /// Network namespaces made ahead for the next pods.
+    spares: crate::store::spare_net::SpareNets,
 }
 
 impl Runtime {
@@ -89,6 +92,7 @@ impl Runtime {
         let images = Arc::new(ImageStore::open(&real(&cfg.storage_dir)?, &run_dir)?);
         let puller = Puller::new(&cfg)?;
         let cni = Cni::new(cfg.cni_conf_dir.clone(), cfg.cni_bin_dirs.clone());
+        let spares = crate::store::spare_net::SpareNets::new(&run_dir, cfg.spare_netns);
         let rt = Arc::new(Runtime {
             cfg,
             state_dir,
@@ -104,8 +108,12 @@ impl Runtime {
             cni,
             reaper,
             streaming,
+            spares,
         });
+        // Pods a crash left half made are undone first: their DEL may still
+        // find the spare their ADD ran on.
         rt.recover().await?;
+        rt.sweep_spare_nets().await;
         Ok(rt)
     }
 

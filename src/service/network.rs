@@ -4,27 +4,24 @@
 
 use super::pod_spec::capability_args;
 use super::Runtime;
-use crate::cni::{Attachment, PodRef};
+use crate::cni::{Attachment, NetworkConfig, PodRef};
 use crate::error::{Error, Result};
 use crate::store::pod::PodMeta;
 use std::net::IpAddr;
 use std::path::Path;
 
 impl Runtime {
-    /// Attaches a pod with its own network namespace to the CNI network; its
-    /// IPs. Without any network config the pod keeps loopback only.
-    pub(super) async fn setup_network(&self, pod: &PodMeta) -> Result<Vec<IpAddr>> {
-        let Some(net) = self.cni.network()? else {
-            tracing::warn!(
-                pod = %pod.id,
-                dir = %self.cni.conf_dir.display(),
-                "no CNI network config: the pod has loopback only"
-            );
-            return Ok(Vec::new());
-        };
-        for ty in net.plugin_types() {
-            self.cni.find_plugin(ty)?;
-        }
+    /// Attaches a pod with its own network namespace to CNI network `net`
+    /// (the pod's, loaded before); its IPs. ADD runs on `netns`: the pod's
+    /// pinned namespace, or the spare it is taking while the sandbox helper
+    /// pins that spare in the pod's ns dir; the attachment names the pod's
+    /// pin from then on (DEL copes with a path that is not a namespace).
+    pub(super) async fn setup_network(
+        &self,
+        pod: &PodMeta,
+        net: &NetworkConfig,
+        netns: &Path,
+    ) -> Result<Vec<IpAddr>> {
         let md = pod.config.metadata.clone().unwrap_or_default();
         let pod_ref = PodRef {
             namespace: md.namespace,
@@ -33,14 +30,15 @@ impl Runtime {
             id: pod.id.clone(),
         };
         let mut att = Attachment::new(
-            &net,
+            net,
             &pod_ref,
-            &pod.ns_path("net"),
+            netns,
             capability_args(&pod.config, self.cni.ip_ranges())?,
         );
         // Kept before ADD, so that a failed or interrupted ADD is undone by DEL.
         att.save(&pod.dir)?;
         self.cni.add(&self.reaper, &mut att).await?;
+        att.moved_to(&pod.ns_path("net"));
         att.save(&pod.dir)?;
         let ips = att.ips();
         tracing::info!(
@@ -50,6 +48,24 @@ impl Runtime {
             "pod network attached"
         );
         Ok(ips)
+    }
+
+    /// The pod network, if a CNI config names one, with each of its plugins
+    /// found; without one a pod with its own network namespace has loopback
+    /// only.
+    pub(super) fn pod_network(&self, pod: &str) -> Result<Option<NetworkConfig>> {
+        let Some(net) = self.cni.network()? else {
+            tracing::warn!(
+                pod = %pod,
+                dir = %self.cni.conf_dir.display(),
+                "no CNI network config: the pod has loopback only"
+            );
+            return Ok(None);
+        };
+        for ty in net.plugin_types() {
+            self.cni.find_plugin(ty)?;
+        }
+        Ok(Some(net))
     }
 
     /// Detaches the pod whose state is in `state_dir` from its CNI network

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::proto::cri;
 use crate::store::pod::{Pod, PodMeta, PodStatus, RECORD};
 use crate::store::record;
+use crate::store::spare_net::Spare;
 use crate::util::random_hex;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -89,10 +90,16 @@ impl Runtime {
         let name_key = format!("{}_{}_{}_{}", md.name, md.namespace, md.uid, md.attempt);
         let id = random_hex(32);
         self.names.reserve(&name_key, &id)?;
-        match self
-            .create_pod(&id, &name_key, config, &req.runtime_handler)
-            .await
-        {
+        let mut spare = None;
+        let made = self
+            .create_pod(&id, &name_key, config, &req.runtime_handler, &mut spare)
+            .await;
+        // The pod pinned the spare it took in its own ns dir (or failed
+        // and is undone): the spare's pin is not needed either way.
+        if let Some(spare) = spare {
+            self.drop_spare_net(spare).await;
+        }
+        match made {
             Ok(pod) => {
                 self.pods.insert(Arc::new(pod));
                 tracing::info!(pod = %id, name = %name_key, "pod ready");
@@ -122,6 +129,7 @@ impl Runtime {
         name_key: &str,
         config: cri::PodSandboxConfig,
         runtime_handler: &str,
+        spare: &mut Option<Spare>,
     ) -> std::result::Result<Pod, (Error, Option<Pod>)> {
         let ns = ns_options(&config);
         let host_net = ns.network == cri::NamespaceMode::Node as i32;
@@ -168,8 +176,14 @@ impl Runtime {
             std::fs::create_dir_all(&run).map_err(|e| Error::io("create pod run dir", e))?;
             record::save_config(&state, &meta.config)?;
             save(&meta, &status)?;
-            if let Some(shm) = &meta.shm {
-                self.engine.mount_shm(shm, DEFAULT_SHM_SIZE).await?;
+            let net = match meta.own_net {
+                true => self.pod_network(id)?,
+                false => None,
+            };
+            // With a CNI network, ADD may start on a spare namespace at once
+            // while the helper makes the rest of the sandbox around it.
+            if net.is_some() {
+                *spare = self.take_spare_net();
             }
             let spec = SandboxSpec {
                 id: id.to_string(),
@@ -181,15 +195,59 @@ impl Runtime {
                 share_pid: own_pid,
                 sysctls: BTreeMap::new(),
                 apply_only: false,
+                net_from: spare.as_ref().map(|s| s.net()),
             };
-            meta.init = self
-                .engine
-                .run_sandbox(&spec, &run.join("sandbox.json"))
-                .await?;
-            save(&meta, &status)?;
-            if meta.own_net {
-                status.ips = self.setup_network(&meta).await?;
-            }
+            let began = std::time::Instant::now();
+            let sandbox = async {
+                if let Some(shm) = &meta.shm {
+                    self.engine.mount_shm(shm, DEFAULT_SHM_SIZE).await?;
+                }
+                let init = self
+                    .engine
+                    .run_sandbox(&spec, &run.join("sandbox.json"))
+                    .await?;
+                // Known before the network is, so that a crash or failure
+                // from here on ends the pod's init too.
+                let mut rec = Pod::record_of(&meta, &status);
+                rec.init_pid = init.map(|p| p.pid);
+                rec.init_start = init.and_then(|p| p.start);
+                rec.creating = true;
+                record::save(&meta.dir, RECORD, &rec)?;
+                Ok::<_, Error>((init, began.elapsed()))
+            };
+            let pinned = meta.ns_path("net");
+            let ((init, sandbox_at), network_at) = match (&net, spare.as_ref()) {
+                (Some(net), Some(s)) => {
+                    let on = s.net();
+                    let network = async {
+                        let ips = self.setup_network(&meta, net, &on).await;
+                        (ips, began.elapsed())
+                    };
+                    let (made, (ips, at)) = tokio::join!(sandbox, network);
+                    // Kept even when the network failed: the failure path ends it.
+                    if let Ok((init, _)) = &made {
+                        meta.init = *init;
+                    }
+                    let made = made?;
+                    status.ips = ips?;
+                    (made, Some(at))
+                }
+                (Some(net), None) => {
+                    let made = sandbox.await?;
+                    meta.init = made.0;
+                    status.ips = self.setup_network(&meta, net, &pinned).await?;
+                    (made, Some(began.elapsed()))
+                }
+                (None, _) => (sandbox.await?, None),
+            };
+            meta.init = init;
+            tracing::debug!(
+                pod = %id,
+                spare = spare.is_some(),
+                sandbox_ms = sandbox_at.as_secs_f64() * 1e3,
+                network_ms = network_at.map(|d| d.as_secs_f64() * 1e3),
+                "pod namespaces and network made"
+            );
             write_etc_files(
                 &meta.etc_dir,
                 &hostname,

@@ -968,3 +968,77 @@ async fn an_unused_image_is_released_after_the_delay() {
     assert_eq!(image_mounts(&env), 0, "RemoveImage left the mount");
     env.assert_empty();
 }
+
+/// The spare network namespaces (under the run dir) the fake host holds.
+fn spares(env: &Env) -> Vec<PathBuf> {
+    let dir = env
+        .dir
+        .path()
+        .join("run")
+        .join(crate::store::spare_net::DIR);
+    let mut v: Vec<PathBuf> = env
+        .engine
+        .sandboxes()
+        .into_iter()
+        .filter(|p| p.starts_with(&dir))
+        .collect();
+    v.sort();
+    v
+}
+
+async fn wait_spares(env: &Env, n: usize) -> Vec<PathBuf> {
+    for _ in 0..500 {
+        if spares(env).len() == n && env.rt.spares.ready() == n {
+            return spares(env);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("never {n} spares: {:?}", spares(env));
+}
+
+#[tokio::test]
+async fn spare_netns_are_made_when_asked_for_swept_at_start_and_released_at_stop() {
+    let Some(mut env) = Env::new("spare_netns_are_made_when_asked_for").await else {
+        return;
+    };
+    // None is made before a pod asks for one.
+    assert!(spares(&env).is_empty());
+    assert!(
+        env.rt.take_spare_net().is_none(),
+        "the first ask finds none"
+    );
+    let made = wait_spares(&env, 1).await;
+    let spare = env.rt.take_spare_net().expect("a spare is ready");
+    assert_eq!(spare.net(), made[0].join("net"));
+    // Taking one makes the next; the one taken is released by its taker.
+    env.rt.drop_spare_net(spare).await;
+    let next = wait_spares(&env, 1).await;
+    assert_ne!(next, made);
+    assert!(!made[0].parent().expect("dir").exists(), "its dir is gone");
+
+    // A server killed with a spare ready: the next start releases it.
+    env.restart().await;
+    assert!(spares(&env).is_empty(), "swept: {:?}", spares(&env));
+    assert!(dir_is_empty(&env.dir.path().join("run/spare-net")));
+
+    // A stopping server keeps none, also of those being made: this fill
+    // runs only once the stop has begun (one thread), and waits for it.
+    let made = |env: &Env| {
+        let calls = env.engine.calls();
+        calls
+            .iter()
+            .filter(|c| c.starts_with("run_sandbox") && c.contains("spare-net"))
+            .count()
+    };
+    let before = made(&env);
+    assert!(env.rt.take_spare_net().is_none());
+    env.rt.release_spare_nets().await;
+    assert_eq!(made(&env), before + 1, "a spare was being made");
+    assert!(spares(&env).is_empty(), "{:?}", spares(&env));
+    env.assert_empty();
+}
+
+/// Whether `dir` is missing or holds nothing.
+fn dir_is_empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir).map_or(true, |mut rd| rd.next().is_none())
+}

@@ -10,6 +10,7 @@ pub mod container;
 pub mod image_use;
 pub mod pod;
 pub mod record;
+pub mod spare_net;
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;
