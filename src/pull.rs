@@ -419,27 +419,14 @@ async fn pull_and_convert(
 
     let first = resolved.endpoint();
     let max = client.limits().max_layer_size;
-    let what = format!("{reference} ({})", resolved.image_digest);
     let dir_path: &std::path::Path = &dir.0;
     let downloads = async {
         let config = async {
             let feed = Feed::new();
-            let p = client
-                .download(
-                    first,
-                    reference,
-                    creds,
-                    &m.config,
-                    dir_path,
-                    client.limits().max_config_size,
-                    Some((&feed, progress, cfg_blob)),
-                )
-                .await?;
-            let bytes = tokio::fs::read(&p).await.map_err(|e| {
-                crate::registry::RegistryError::io(format!("read {}", p.display()), e)
-            })?;
-            crate::registry::check_config(&what, &bytes)?;
-            Ok::<_, crate::registry::RegistryError>(bytes)
+            let watch = Some((&*feed, progress, cfg_blob));
+            client
+                .config(first, reference, creds, &m.config, dir_path, watch)
+                .await
         };
         // Owned items: a closure over borrowed ones makes the future not general enough.
         let dir = dir_path;

@@ -4,6 +4,7 @@
 use super::auth::{
     basic_header, parse_challenges, pull_scope, AuthCache, CachedAuth, TokenResponse,
 };
+use super::cache::DocCache;
 use super::hosts::Endpoint;
 use super::manifest::{self, ImageManifest, Manifest, Platform, DOCKER_CONFIG, OCI_CONFIG};
 use super::reference::validate_digest;
@@ -40,6 +41,9 @@ pub struct Client {
     http: reqwest::Client,
     http_no_verify: reqwest::Client,
     auth: AuthCache,
+    /// Manifests and configs fetched by digest, for the next pull of the
+    /// same repository.
+    docs: DocCache,
 }
 
 /// One manifest document as served.
@@ -262,6 +266,7 @@ impl Client {
             http: build(false)?,
             http_no_verify: build(true)?,
             auth: AuthCache::default(),
+            docs: DocCache::default(),
         })
     }
 
@@ -596,6 +601,19 @@ impl Client {
         creds: Option<&Credentials>,
     ) -> Result<FetchedManifest, RegistryError> {
         let what = format!("manifest {}:{object} from {}", reference.name(), ep.host);
+        let (registry, repo) = (&reference.registry, &reference.repository);
+        if validate_digest(object).is_ok() {
+            if let Some(doc) = self.docs.get(registry, repo, object) {
+                let (manifest, media_type) = manifest::parse(&doc.content_type, &doc.bytes, &what)?;
+                tracing::debug!(reference = %reference, digest = %object, "manifest known: not asked for again");
+                return Ok(FetchedManifest {
+                    digest: object.to_string(),
+                    media_type,
+                    bytes: doc.bytes.to_vec(),
+                    manifest,
+                });
+            }
+        }
         let path = format!("/{}/manifests/{object}", reference.repository);
         let mut failures = 0;
         let (ct, header_digest, bytes) = loop {
@@ -641,6 +659,7 @@ impl Client {
             None => digest_of("sha256:", &bytes),
         };
         let (manifest, media_type) = manifest::parse(&ct, &bytes, &what)?;
+        self.docs.put(registry, repo, &digest, &ct, &bytes);
         Ok(FetchedManifest {
             digest,
             media_type,
@@ -1090,6 +1109,42 @@ impl Client {
         &self.limits
     }
 
+    /// The image config `desc` of `reference`, checked (a JSON object):
+    /// known from an earlier pull of the same repository, else downloaded
+    /// (into `dir`, from server `first` first; with `watch` as
+    /// [`Self::download`]).
+    pub async fn config(
+        &self,
+        first: usize,
+        reference: &Reference,
+        creds: Option<&Credentials>,
+        desc: &Descriptor,
+        dir: &Path,
+        watch: Option<(&Feed, &Progress, usize)>,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let what = format!("{reference} (config {})", desc.digest);
+        let (registry, repo) = (&reference.registry, &reference.repository);
+        if let Some(doc) = self.docs.get(registry, repo, &desc.digest) {
+            if let Some((feed, progress, i)) = watch {
+                progress.blob_done(i);
+                feed.finish(Ok(()));
+            }
+            tracing::debug!(reference = %reference, digest = %desc.digest, "config known: not fetched again");
+            return Ok(doc.bytes.to_vec());
+        }
+        let max = self.limits.max_config_size;
+        let p = self
+            .download(first, reference, creds, desc, dir, max, watch)
+            .await?;
+        let bytes = tokio::fs::read(&p)
+            .await
+            .map_err(|e| RegistryError::io(format!("read {}", p.display()), e))?;
+        check_config(&what, &bytes)?;
+        // Its digest was checked as it came in.
+        self.docs.put(registry, repo, &desc.digest, "", &bytes);
+        Ok(bytes)
+    }
+
     /// Pulls an image: its manifest for this platform, config and layers,
     /// into `dir` (created if missing).
     pub async fn pull(
@@ -1106,21 +1161,9 @@ impl Client {
         let m = &r.manifest;
         let what = format!("{reference} ({})", r.image_digest);
         tracing::info!(reference = %reference, digest = %r.digest, server = %r.server, layers = m.layers.len(), bytes = total, "pulling image");
-        let cfg_path = self
-            .download(
-                r.endpoint,
-                reference,
-                creds,
-                &m.config,
-                dir,
-                self.limits.max_config_size,
-                None,
-            )
+        let config = self
+            .config(r.endpoint, reference, creds, &m.config, dir, None)
             .await?;
-        let config = tokio::fs::read(&cfg_path)
-            .await
-            .map_err(|e| RegistryError::io(format!("read {}", cfg_path.display()), e))?;
-        check_config(&what, &config)?;
 
         // Owned descriptors: a closure over borrowed ones makes the future not Send.
         let mut unique: Vec<Descriptor> = Vec::new();

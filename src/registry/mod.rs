@@ -10,6 +10,7 @@
 //! steps for artifacts that are not container images.
 
 mod auth;
+mod cache;
 mod client;
 mod feed;
 mod hosts;

@@ -1002,3 +1002,69 @@ fn pull_futures_are_send() {
     let f = pull(&r, None, &cfg, &dir, &limits);
     send(&f);
 }
+
+#[tokio::test]
+async fn a_pull_again_asks_only_for_the_tag_and_the_layers() {
+    let amd = image("cache", &[b"cached layer"]);
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":{},"platform":{{"architecture":"{}","os":"linux"}}}}]}}"#,
+        amd.digest,
+        amd.manifest.len(),
+        Platform::host().architecture
+    )
+    .into_bytes();
+    let mut c = Content::new();
+    for repo in ["one/app", "two/app"] {
+        add_image(&mut c, repo, None, &amd);
+        c.insert(
+            format!("/v2/{repo}/manifests/1.0"),
+            (OCI_INDEX.into(), index.clone()),
+        );
+    }
+    let srv = registry(c).await;
+    let client = Client::new(&RegistryConfig::default(), &fast()).expect("client");
+    let paths = |from: usize| -> Vec<String> {
+        srv.requests()[from..]
+            .iter()
+            .map(|r| r.path().to_string())
+            .collect()
+    };
+    let pull = |repo: &str| {
+        let r = reference(&format!("{}/{repo}:1.0", srv.host()));
+        let client = &client;
+        async move {
+            let d = tempfile::tempdir().expect("tempdir");
+            client.pull(&r, None, d.path()).await.expect("pull")
+        }
+    };
+    let first = pull("one/app").await;
+    let mut asked = paths(0);
+    asked.sort();
+    let mut want = vec![
+        "/v2/one/app/manifests/1.0".to_string(),
+        format!("/v2/one/app/manifests/{}", amd.digest),
+        format!("/v2/one/app/blobs/{}", amd.config_digest),
+        format!("/v2/one/app/blobs/{}", sha(&amd.layers[0])),
+    ];
+    want.sort();
+    assert_eq!(asked, want);
+
+    // Again: the tag may name something else now, so it is asked; what
+    // the digests name is known.
+    let n = srv.requests().len();
+    let again = pull("one/app").await;
+    assert_eq!(
+        paths(n),
+        [
+            "/v2/one/app/manifests/1.0".to_string(),
+            format!("/v2/one/app/blobs/{}", sha(&amd.layers[0]))
+        ]
+    );
+    assert_eq!(again.config, first.config);
+    assert_eq!(again.image_manifest_digest, amd.digest);
+
+    // Another repository naming the same digests is asked for all of them.
+    let n = srv.requests().len();
+    pull("two/app").await;
+    assert_eq!(paths(n).len(), 4, "{:?}", paths(n));
+}

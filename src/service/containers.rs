@@ -58,6 +58,7 @@ impl Runtime {
         self: &Arc<Self>,
         req: cri::CreateContainerRequest,
     ) -> Result<String> {
+        let began = std::time::Instant::now();
         let config = req
             .config
             .ok_or_else(|| Error::InvalidArgument("CreateContainer needs a config".into()))?;
@@ -95,8 +96,15 @@ impl Runtime {
             plan.image.id.clone(),
         );
         let pin = self.pin_image(&image_id);
+        let planned = began.elapsed();
         match self.make_container(&pod, plan).await {
             Ok(c) => {
+                tracing::debug!(
+                    container = %id,
+                    planned_ms = planned.as_secs_f64() * 1e3,
+                    made_ms = began.elapsed().as_secs_f64() * 1e3,
+                    "container made"
+                );
                 let c = Arc::new(c);
                 self.containers.insert(c.clone());
                 drop(pin);
