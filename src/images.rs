@@ -500,6 +500,13 @@ impl ImageStore {
                 }
                 Error::io(format!("store {}", dest.display()), e)
             })?;
+            if unsynced_crc.is_none() {
+                // A synced file: its new name is made durable before the
+                // index names it (an unsynced one gets both from `sync`).
+                File::open(&self.blobs)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| Error::io(format!("sync {}", self.blobs.display()), e))?;
+            }
         }
         if let Some(t) = &tag {
             // A tag names one image: move it.

@@ -681,6 +681,13 @@ impl Puller {
             let (file, _) = self
                 .fetch_sif_artifact(&reference, creds.as_ref(), dir)
                 .await?;
+            // Stored as it is: synced as the http:// and library:// downloads are.
+            tokio::fs::File::open(&file)
+                .await
+                .map_err(|e| Error::io(format!("open {}", file.display()), e))?
+                .sync_all()
+                .await
+                .map_err(|e| Error::io(format!("sync {}", file.display()), e))?;
             let digest = crate::images::file_digest(&file)?;
             (file, Some(format!("{}@{}", reference.name(), digest)))
         } else if image.starts_with("library://") {
