@@ -179,7 +179,10 @@ fn setup(spec: &SandboxSpec) -> Result<Option<i32>, Failure> {
     if let (true, Some(spare)) = (spec.share_net, &spec.net_from) {
         // The server's own file: its absence is the server's fault, not the pod's.
         let f = fs::File::open(spare).map_err(|e| {
-            Failure::internal(format!("open spare network namespace {}", spare.display()), e)
+            Failure::internal(
+                format!("open spare network namespace {}", spare.display()),
+                e,
+            )
         })?;
         setns(&f, CloneFlags::CLONE_NEWNET)
             .map_err(|e| Failure::internal("enter the spare network namespace", e))?;

@@ -99,6 +99,7 @@ impl Runtime {
         if let Some(spare) = spare {
             self.drop_spare_net(spare).await;
         }
+        self.fill_spare_nets();
         match made {
             Ok(pod) => {
                 self.pods.insert(Arc::new(pod));

@@ -22,10 +22,16 @@ use std::time::Duration;
 use sycri_native::spec::SandboxSpec;
 
 impl Runtime {
-    /// A spare network namespace for a pod, if one is ready; either way the
-    /// spares are made up again in the background.
-    pub(super) fn take_spare_net(self: &Arc<Self>) -> Option<Spare> {
-        let spare = self.spares.take();
+    /// A spare network namespace for a pod, if one is ready.
+    pub(super) fn take_spare_net(&self) -> Option<Spare> {
+        self.spares.take()
+    }
+
+    /// Makes spares in the background until `spare_netns` are ready or
+    /// being made, once a pod has asked for one. Called when a pod is made
+    /// (or failed), not as it is made: the helpers would compete with its
+    /// CNI plugins for the CPU.
+    pub(super) fn fill_spare_nets(self: &Arc<Self>) {
         for _ in 0..self.spares.start_making() {
             let rt = self.clone();
             tokio::spawn(async move {
@@ -36,7 +42,6 @@ impl Runtime {
                 rt.spares.done_making();
             });
         }
-        spare
     }
 
     /// Makes one spare; None (logged) when the helper fails.

@@ -1002,16 +1002,20 @@ async fn spare_netns_are_made_when_asked_for_swept_at_start_and_released_at_stop
         return;
     };
     // None is made before a pod asks for one.
+    env.rt.fill_spare_nets();
+    tokio::task::yield_now().await;
     assert!(spares(&env).is_empty());
     assert!(
         env.rt.take_spare_net().is_none(),
         "the first ask finds none"
     );
+    env.rt.fill_spare_nets();
     let made = wait_spares(&env, 1).await;
     let spare = env.rt.take_spare_net().expect("a spare is ready");
     assert_eq!(spare.net(), made[0].join("net"));
-    // Taking one makes the next; the one taken is released by its taker.
+    // The next is made once the pod that took one is done with it.
     env.rt.drop_spare_net(spare).await;
+    env.rt.fill_spare_nets();
     let next = wait_spares(&env, 1).await;
     assert_ne!(next, made);
     assert!(!made[0].parent().expect("dir").exists(), "its dir is gone");
@@ -1032,6 +1036,7 @@ async fn spare_netns_are_made_when_asked_for_swept_at_start_and_released_at_stop
     };
     let before = made(&env);
     assert!(env.rt.take_spare_net().is_none());
+    env.rt.fill_spare_nets();
     env.rt.release_spare_nets().await;
     assert_eq!(made(&env), before + 1, "a spare was being made");
     assert!(spares(&env).is_empty(), "{:?}", spares(&env));

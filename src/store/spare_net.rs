@@ -46,6 +46,8 @@ impl Spare {
 struct State {
     ready: Vec<Spare>,
     making: usize,
+    /// A pod has asked for one: from then on spares are kept.
+    asked: bool,
     /// The server is stopping: no spare is kept any more.
     closed: bool,
 }
@@ -79,16 +81,19 @@ impl SpareNets {
         &self.dir
     }
 
-    /// A ready spare, if there is one.
+    /// A ready spare, if there is one, for a pod that could use one.
     pub fn take(&self) -> Option<Spare> {
-        self.lock().ready.pop()
+        let mut s = self.lock();
+        s.asked = true;
+        s.ready.pop()
     }
 
-    /// How many more to make to have `want` ready or being made (none once
-    /// stopping); they count as being made from now on.
+    /// How many more to make to have `want` ready or being made (none
+    /// before a pod asked for one, none once stopping); they count as being
+    /// made from now on.
     pub fn start_making(&self) -> usize {
         let mut s = self.lock();
-        if s.closed {
+        if s.closed || !s.asked {
             return 0;
         }
         let missing = self.want.saturating_sub(s.ready.len() + s.making);
@@ -153,6 +158,8 @@ mod tests {
     #[test]
     fn it_keeps_want_at_most_and_none_once_closed() {
         let s = SpareNets::new(Path::new("/run/x"), 2);
+        assert_eq!(s.start_making(), 0, "none before a pod asks");
+        assert!(s.take().is_none());
         assert_eq!(s.start_making(), 2);
         assert_eq!(s.start_making(), 0, "two are being made");
         assert!(s.made(Spare::at("/run/x/spare-net/a".into())).is_none());
