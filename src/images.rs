@@ -503,9 +503,10 @@ impl ImageStore {
             if unsynced_crc.is_none() {
                 // A synced file: its new name is made durable before the
                 // index names it (an unsynced one gets both from `sync`).
-                File::open(&self.blobs)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| Error::io(format!("sync {}", self.blobs.display()), e))?;
+                // The image is stored either way: a failure is only logged.
+                if let Err(e) = File::open(&self.blobs).and_then(|d| d.sync_all()) {
+                    tracing::warn!(dir = %self.blobs.display(), error = %e, "syncing the image directory");
+                }
             }
         }
         if let Some(t) = &tag {

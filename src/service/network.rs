@@ -14,8 +14,8 @@ impl Runtime {
     /// Attaches a pod with its own network namespace to CNI network `net`
     /// (the pod's, loaded before); its IPs. ADD runs on `netns`: the pod's
     /// pinned namespace, or the spare it is taking while the sandbox helper
-    /// pins that spare in the pod's ns dir; the attachment names the pod's
-    /// pin from then on (DEL copes with a path that is not a namespace).
+    /// pins that spare in the pod's ns dir (then [`Self::network_moved`]
+    /// once the pin is there).
     pub(super) async fn setup_network(
         &self,
         pod: &PodMeta,
@@ -38,7 +38,6 @@ impl Runtime {
         // Kept before ADD, so that a failed or interrupted ADD is undone by DEL.
         att.save(&pod.dir)?;
         self.cni.add(&self.reaper, &mut att).await?;
-        att.moved_to(&pod.ns_path("net"));
         att.save(&pod.dir)?;
         let ips = att.ips();
         tracing::info!(
@@ -48,6 +47,16 @@ impl Runtime {
             "pod network attached"
         );
         Ok(ips)
+    }
+
+    /// The spare the pod's network was attached on is pinned in the pod's
+    /// ns dir now: its attachment names that pin from here on.
+    pub(super) fn network_moved(&self, pod: &PodMeta) -> Result<()> {
+        if let Some(mut att) = Attachment::load(&pod.dir)? {
+            att.moved_to(&pod.ns_path("net"));
+            att.save(&pod.dir)?;
+        }
+        Ok(())
     }
 
     /// The pod network, if a CNI config names one, with each of its plugins
@@ -70,8 +79,11 @@ impl Runtime {
 
     /// Detaches the pod whose state is in `state_dir` from its CNI network
     /// (DEL), if it is attached. Idempotent; works with the namespace gone.
-    pub(super) async fn teardown_network(&self, state_dir: &Path) -> Result<()> {
-        let att = match Attachment::load(state_dir) {
+    /// `pin` is the pod's own network namespace file: DEL runs there when
+    /// the attachment names a spare that is gone (an ADD on a spare that
+    /// failed, or a crash, before the attachment was moved to the pin).
+    pub(super) async fn teardown_network(&self, state_dir: &Path, pin: &Path) -> Result<()> {
+        let mut att = match Attachment::load(state_dir) {
             Ok(Some(a)) => a,
             Ok(None) => return Ok(()),
             Err(e) => {
@@ -79,9 +91,38 @@ impl Runtime {
                 return Attachment::remove(state_dir).map_err(Error::from);
             }
         };
+        if let Some(ns) = del_netns(&att.netns, pin) {
+            att.netns = ns;
+        }
         self.cni.del(&self.reaper, &att).await?;
         Attachment::remove(state_dir)?;
         tracing::info!(pod = %att.container_id, "pod network detached");
         Ok(())
+    }
+}
+
+/// Where DEL runs when the attachment's namespace file `attached` is no
+/// namespace any more but the pod's own pin is: there (None: as attached).
+fn del_netns(attached: &Path, pin: &Path) -> Option<std::path::PathBuf> {
+    (!crate::cni::is_netns(attached) && crate::cni::is_netns(pin)).then(|| pin.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::del_netns;
+    use std::path::Path;
+
+    #[test]
+    fn del_runs_in_the_pods_pin_when_the_spare_it_was_added_on_is_gone() {
+        // Any network namespace file will do for the pin: this process's.
+        let pin = Path::new("/proc/self/ns/net");
+        let gone = Path::new("/nonexistent/spare-net/x/ns/net");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plain = dir.path().join("net");
+        std::fs::write(&plain, b"").expect("write");
+        assert_eq!(del_netns(gone, pin).as_deref(), Some(pin));
+        assert_eq!(del_netns(&plain, pin).as_deref(), Some(pin));
+        assert_eq!(del_netns(pin, gone), None, "attached on a live one: there");
+        assert_eq!(del_netns(gone, &plain), None, "no pin either: as attached");
     }
 }

@@ -231,6 +231,7 @@ impl Runtime {
                     }
                     let made = made?;
                     status.ips = ips?;
+                    self.network_moved(&meta)?;
                     (made, Some(at))
                 }
                 (Some(net), None) => {
@@ -277,7 +278,7 @@ impl Runtime {
         }
         .await;
         if let Err(e) = made {
-            if let Err(te) = self.teardown_network(&state).await {
+            if let Err(te) = self.teardown_network(&state, &meta.ns_path("net")).await {
                 // Its attachment (IP lease, veth, port mappings) must not be
                 // forgotten: the pod stays, not ready, and its Stop or Remove
                 // retries the DEL.
@@ -329,7 +330,8 @@ impl Runtime {
         for r in futures_util::future::join_all(stops).await {
             r?;
         }
-        self.teardown_network(&pod.meta.dir).await?;
+        self.teardown_network(&pod.meta.dir, &pod.meta.ns_path("net"))
+            .await?;
         let m = &pod.meta;
         self.engine
             .release_sandbox(&m.ns_dir, m.shm.as_deref(), m.init)
@@ -360,7 +362,8 @@ impl Runtime {
         for cid in self.containers_of(&id) {
             self.remove_container(&cid).await?;
         }
-        self.teardown_network(&pod.meta.dir).await?;
+        self.teardown_network(&pod.meta.dir, &pod.meta.ns_path("net"))
+            .await?;
         let m = &pod.meta;
         self.engine
             .release_sandbox(&m.ns_dir, m.shm.as_deref(), m.init)

@@ -148,7 +148,7 @@ impl Runtime {
         for spec in ["sandbox.json", "sysctls.json"] {
             killed += self.engine.kill_helpers(&run.join(spec)).await;
         }
-        if let Err(e) = self.teardown_network(dir).await {
+        if let Err(e) = self.teardown_network(dir, &rec.ns_dir.join("net")).await {
             tracing::warn!(pod = %id, error = %e, "a half-made pod keeps its network: it stays, not ready, for its removal to retry");
             let pod = Pod::from_record(
                 PodRecord {

@@ -35,11 +35,15 @@ impl Runtime {
         for _ in 0..self.spares.start_making() {
             let rt = self.clone();
             tokio::spawn(async move {
-                if let Some(late) = rt.make_spare_net().await.and_then(|s| rt.spares.made(s)) {
+                let Some(spare) = rt.make_spare_net().await else {
+                    rt.spares.done_making();
+                    return;
+                };
+                if let Some(late) = rt.spares.made(spare) {
                     // Made while the server was stopping.
                     rt.drop_spare_net(late).await;
+                    rt.spares.done_making();
                 }
-                rt.spares.done_making();
             });
         }
     }

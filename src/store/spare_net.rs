@@ -101,21 +101,28 @@ impl SpareNets {
         missing
     }
 
-    /// A spare made: kept, or handed back to be released when the server
-    /// is stopping.
+    /// A spare made: kept (and no longer counted as being made, under the
+    /// same lock, so that a pod's `start_making` sees it one way or the
+    /// other), or handed back to be released when the server is stopping
+    /// (still counted until [`Self::done_making`]).
     pub fn made(&self, spare: Spare) -> Option<Spare> {
         let mut s = self.lock();
         if s.closed {
             return Some(spare);
         }
         s.ready.push(spare);
+        self.one_less(&mut s);
         None
     }
 
-    /// One that [`Self::start_making`] counted is done with (kept,
-    /// released or failed).
+    /// One that [`Self::start_making`] counted failed, or was handed back
+    /// by [`Self::made`] and released.
     pub fn done_making(&self) {
         let mut s = self.lock();
+        self.one_less(&mut s);
+    }
+
+    fn one_less(&self, s: &mut State) {
         s.making = s.making.saturating_sub(1);
         if s.making == 0 {
             self.idle.notify_waiters();
@@ -163,21 +170,19 @@ mod tests {
         assert_eq!(s.start_making(), 2);
         assert_eq!(s.start_making(), 0, "two are being made");
         assert!(s.made(Spare::at("/run/x/spare-net/a".into())).is_none());
-        s.done_making();
         assert_eq!(s.ready(), 1);
         assert_eq!(s.start_making(), 0, "one ready, one being made");
         let a = s.take().expect("ready");
         assert_eq!(a.net(), Path::new("/run/x/spare-net/a/ns/net"));
         assert_eq!(s.start_making(), 1, "taking one asks for the next");
         assert!(s.made(Spare::at("/run/x/spare-net/b".into())).is_none());
-        s.done_making();
         let left = s.close();
         assert_eq!(left.len(), 1);
         assert_eq!(s.start_making(), 0, "none once closed");
         let late = s.made(Spare::at("/run/x/spare-net/c".into()));
         assert!(late.is_some(), "made after the close: handed back");
+        assert_eq!(s.lock().making, 1, "counted until it is released");
         s.done_making();
-        s.done_making();
-        assert_eq!(s.ready(), 0);
+        assert_eq!((s.ready(), s.lock().making), (0, 0));
     }
 }
