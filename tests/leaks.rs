@@ -1,6 +1,6 @@
 //! Nothing leaks: not after a CreateContainer or StartContainer that fails half
 //! way, not when pods are removed with their containers still running, not from
-//! a pod's shared pid namespace.
+//! a pod's shared pid namespace, not from a call whose client gives up.
 
 mod common;
 
@@ -569,5 +569,79 @@ async fn a_stopping_server_releases_unused_image_mounts() {
         "the image was released before its delay"
     );
     assert!(s.terminate().success(), "the server's exit status");
+    assert_no_leaks(s.dir.path(), &[]);
+}
+
+/// A CNI plugin that takes its time: ADD answers an address after a second,
+/// DEL and VERSION at once. It touches no namespace.
+fn slow_plugin(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("slow-net");
+    std::fs::write(
+        &p,
+        "#!/bin/sh\ncat > /dev/null\ncase \"$CNI_COMMAND\" in\n\
+         ADD) sleep 1; echo '{\"cniVersion\":\"1.0.0\",\"ips\":[{\"address\":\"10.99.0.2/24\"}]}' ;;\n\
+         VERSION) echo '{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"1.0.0\"]}' ;;\n\
+         esac\n",
+    )
+    .expect("write plugin");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_pod_whose_client_gives_up_is_finished_and_removable() {
+    assert!(is_root(), "integration tests run as root");
+    let bin = tempfile::Builder::new()
+        .prefix("sycri-slow-cni")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    slow_plugin(bin.path());
+    let toml = format!("cni_bin_dirs = [{:?}]\n", bin.path().display().to_string());
+    let mut s = Server::start_prepared(&toml, |dir| {
+        let conf = dir.join("cni");
+        std::fs::create_dir_all(&conf).expect("cni dir");
+        std::fs::write(
+            conf.join("10-slow.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"slow","plugins":[{"type":"slow-net"}]}"#,
+        )
+        .expect("write config");
+    })
+    .await;
+    let mut req = tonic::Request::new(cri::RunPodSandboxRequest {
+        config: Some(plain_pod("patient", &s)),
+        runtime_handler: String::new(),
+    });
+    req.set_timeout(Duration::from_millis(200));
+    let err =
+        s.rt.run_pod_sandbox(req)
+            .await
+            .expect_err("the client gives up");
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{err:?}"
+    );
+    // Finished all the same: listed and ready once the plugin answers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let pod = loop {
+        let pods = list_pods(&mut s.rt).await;
+        if let Some((id, state)) = pods.first() {
+            if *state == cri::PodSandboxState::SandboxReady as i32 {
+                break id.clone();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pod was not finished: {pods:?}\n{}",
+            server_log(s.dir.path())
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    stop_pod(&mut s.rt, &pod).await.expect("stop pod");
+    remove_pod(&mut s.rt, &pod).await.expect("remove pod");
+    // Its spare network namespace too, once the server stops.
+    s.terminate();
     assert_no_leaks(s.dir.path(), &[]);
 }

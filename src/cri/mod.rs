@@ -1,8 +1,10 @@
-//! The CRI's gRPC faces: the two tonic services, each RPC one line that
-//! hands the request to its family's handler (`runtime.rs`: version, status
-//! and configuration; `sandbox.rs`; `container.rs`; `stats.rs`; `stream.rs`;
-//! `image.rs`). Handlers check and shape; the work is the service's. RPCs
-//! not built yet answer UNIMPLEMENTED (tonic's default stubs).
+//! The CRI's gRPC faces: the two tonic services, each RPC a line or two
+//! that hand the request to its family's handler (`runtime.rs`: version,
+//! status and configuration; `sandbox.rs`; `container.rs`; `stats.rs`;
+//! `stream.rs`; `image.rs`); calls that change the host run to their end
+//! even when the client goes away ([`to_completion`]). Handlers check and
+//! shape; the work is the service's. RPCs not built yet answer
+//! UNIMPLEMENTED (tonic's default stubs).
 
 mod container;
 mod convert;
@@ -47,6 +49,26 @@ fn answer<T>(r: Result<T>) -> R<T> {
     r.map(Response::new).map_err(Status::from)
 }
 
+/// Runs a call that changes the host to its end even when its client goes
+/// away (a deadline, a reset, a closed connection): tonic drops the call's
+/// future then, and an operation dropped half way would leave what it had
+/// made (namespaces, mounts, a monitor, cgroups) until the next start's
+/// recovery. It finishes, or fails and is undone, as if the client had
+/// waited; the answer goes nowhere. Not for PullImage, whose cancellation
+/// stops its download on purpose, nor for reads.
+async fn to_completion<T, F>(f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T>> + Send + 'static,
+{
+    match tokio::spawn(f).await {
+        Ok(r) => r,
+        Err(e) => Err(crate::error::Error::Internal(format!(
+            "the operation did not finish: {e}"
+        ))),
+    }
+}
+
 #[tonic::async_trait]
 impl RuntimeApi for RuntimeService {
     async fn version(&self, r: Request<cri::VersionRequest>) -> R<cri::VersionResponse> {
@@ -75,21 +97,24 @@ impl RuntimeApi for RuntimeService {
         &self,
         r: Request<cri::RunPodSandboxRequest>,
     ) -> R<cri::RunPodSandboxResponse> {
-        answer(sandbox::run(&self.rt, r.into_inner()).await)
+        let (rt, req) = (self.rt.clone(), r.into_inner());
+        answer(to_completion(async move { sandbox::run(&rt, req).await }).await)
     }
 
     async fn stop_pod_sandbox(
         &self,
         r: Request<cri::StopPodSandboxRequest>,
     ) -> R<cri::StopPodSandboxResponse> {
-        answer(sandbox::stop(&self.rt, r.into_inner()).await)
+        let (rt, req) = (self.rt.clone(), r.into_inner());
+        answer(to_completion(async move { sandbox::stop(&rt, req).await }).await)
     }
 
     async fn remove_pod_sandbox(
         &self,
         r: Request<cri::RemovePodSandboxRequest>,
     ) -> R<cri::RemovePodSandboxResponse> {
-        answer(sandbox::remove(&self.rt, r.into_inner()).await)
+        let (rt, req) = (self.rt.clone(), r.into_inner());
+        answer(to_completion(async move { sandbox::remove(&rt, req).await }).await)
     }
 
     async fn pod_sandbox_status(
@@ -110,28 +135,32 @@ impl RuntimeApi for RuntimeService {
         &self,
         r: Request<cri::CreateContainerRequest>,
     ) -> R<cri::CreateContainerResponse> {
-        answer(container::create(&self.rt, r.into_inner()).await)
+        let (rt, req) = (self.rt.clone(), r.into_inner());
+        answer(to_completion(async move { container::create(&rt, req).await }).await)
     }
 
     async fn start_container(
         &self,
         r: Request<cri::StartContainerRequest>,
     ) -> R<cri::StartContainerResponse> {
-        answer(container::start(&self.rt, r.into_inner()).await)
+        let (rt, req) = (self.rt.clone(), r.into_inner());
+        answer(to_completion(async move { container::start(&rt, req).await }).await)
     }
 
     async fn stop_container(
         &self,
         r: Request<cri::StopContainerRequest>,
     ) -> R<cri::StopContainerResponse> {
-        answer(container::stop(&self.rt, r.into_inner()).await)
+        let (rt, req) = (self.rt.clone(), r.into_inner());
+        answer(to_completion(async move { container::stop(&rt, req).await }).await)
     }
 
     async fn remove_container(
         &self,
         r: Request<cri::RemoveContainerRequest>,
     ) -> R<cri::RemoveContainerResponse> {
-        answer(container::remove(&self.rt, r.into_inner()).await)
+        let (rt, req) = (self.rt.clone(), r.into_inner());
+        answer(to_completion(async move { container::remove(&rt, req).await }).await)
     }
 
     async fn list_containers(
@@ -152,14 +181,16 @@ impl RuntimeApi for RuntimeService {
         &self,
         r: Request<cri::UpdateContainerResourcesRequest>,
     ) -> R<cri::UpdateContainerResourcesResponse> {
-        answer(container::update_resources(&self.rt, r.into_inner()).await)
+        let (rt, req) = (self.rt.clone(), r.into_inner());
+        answer(to_completion(async move { container::update_resources(&rt, req).await }).await)
     }
 
     async fn reopen_container_log(
         &self,
         r: Request<cri::ReopenContainerLogRequest>,
     ) -> R<cri::ReopenContainerLogResponse> {
-        answer(container::reopen_log(&self.rt, r.into_inner()).await)
+        let (rt, req) = (self.rt.clone(), r.into_inner());
+        answer(to_completion(async move { container::reopen_log(&rt, req).await }).await)
     }
 
     async fn exec_sync(&self, r: Request<cri::ExecSyncRequest>) -> R<cri::ExecSyncResponse> {
@@ -231,7 +262,8 @@ impl ImageApi for ImageService {
         &self,
         r: Request<cri::RemoveImageRequest>,
     ) -> R<cri::RemoveImageResponse> {
-        answer(image::remove(&self.rt, r.into_inner()).await)
+        let (rt, req) = (self.rt.clone(), r.into_inner());
+        answer(to_completion(async move { image::remove(&rt, req).await }).await)
     }
 
     async fn image_fs_info(
