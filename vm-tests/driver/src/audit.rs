@@ -75,13 +75,47 @@ pub fn helper_processes() -> Vec<(i32, String)> {
         .collect()
 }
 
+/// `dir` as given and as the kernel names it: the guest's /var/run is a
+/// link to /run, and mountinfo has the real paths.
+fn both_names(dir: &str) -> Vec<PathBuf> {
+    let mut v = vec![PathBuf::from(dir)];
+    v.extend(std::fs::canonicalize(dir).ok());
+    v
+}
+
+fn under_sycri(p: &Path) -> bool {
+    [STORAGE_DIR, RUN_DIR]
+        .iter()
+        .flat_map(|d| both_names(d))
+        .any(|d| p.starts_with(d))
+}
+
 /// Mount points under sycri's directories.
 pub fn sycri_mounts() -> Vec<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     sycri_native::mounts::parse_mountinfo(&info)
         .into_iter()
         .map(|m| m.mount_point)
-        .filter(|p| p.starts_with(STORAGE_DIR) || p.starts_with(RUN_DIR))
+        .filter(|p| under_sycri(p))
+        .collect()
+}
+
+/// The spare network namespace a running server keeps for its next pod
+/// (`spare_netns`, default 1): a pinned file under `<run_dir>/spare-net`.
+pub fn is_spare(mount: &Path) -> bool {
+    let dir = std::fs::canonicalize(RUN_DIR)
+        .unwrap_or_else(|_| PathBuf::from(RUN_DIR))
+        .join("spare-net");
+    mount.starts_with(dir) && mount.ends_with("ns/net")
+}
+
+/// Mounts under sycri's directories but the one spare network namespace
+/// the server may keep (all of them when there are more spares than that).
+pub fn sycri_mounts_but_the_spare() -> Vec<PathBuf> {
+    let all = sycri_mounts();
+    let spares = all.iter().filter(|m| is_spare(m)).count();
+    all.into_iter()
+        .filter(|m| spares > 1 || !is_spare(m))
         .collect()
 }
 
@@ -90,7 +124,7 @@ pub fn sycri_loops() -> Vec<(u32, PathBuf)> {
     sycri_native::loopdev::attached_devices()
         .unwrap_or_default()
         .into_iter()
-        .filter(|(_, p)| p.starts_with(STORAGE_DIR) || p.starts_with(RUN_DIR))
+        .filter(|(_, p)| under_sycri(p))
         .collect()
 }
 
@@ -158,15 +192,21 @@ fn leftovers(gone: &Gone) -> Vec<String> {
     for v in veths() {
         left.push(format!("network device {v}"));
     }
-    let images = Path::new(RUN_DIR).join("images");
-    for m in sycri_mounts() {
-        if !(gone.image_kept && m.starts_with(&images)) {
+    let images: Vec<PathBuf> = both_names(RUN_DIR)
+        .iter()
+        .map(|d| d.join("images"))
+        .collect();
+    for m in sycri_mounts_but_the_spare() {
+        if !(gone.image_kept && images.iter().any(|i| m.starts_with(i))) {
             left.push(format!("mount {}", m.display()));
         }
     }
-    let store = Path::new(STORAGE_DIR).join("images");
+    let stores: Vec<PathBuf> = both_names(STORAGE_DIR)
+        .iter()
+        .map(|d| d.join("images"))
+        .collect();
     for (n, file) in sycri_loops() {
-        if !(gone.image_kept && file.starts_with(&store)) {
+        if !(gone.image_kept && stores.iter().any(|st| file.starts_with(st))) {
             left.push(format!("loop{n} on {}", file.display()));
         }
     }
