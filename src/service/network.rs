@@ -7,21 +7,20 @@ use super::Runtime;
 use crate::cni::{Attachment, NetworkConfig, PodRef};
 use crate::error::{Error, Result};
 use crate::store::pod::PodMeta;
-use std::net::IpAddr;
 use std::path::Path;
 
 impl Runtime {
     /// Attaches a pod with its own network namespace to CNI network `net`
-    /// (the pod's, loaded before); its IPs. ADD runs on `netns`: the pod's
-    /// pinned namespace, or the spare it is taking while the sandbox helper
-    /// pins that spare in the pod's ns dir (then [`Self::network_moved`]
-    /// once the pin is there).
+    /// (the pod's, loaded before); the attachment, saved. ADD runs on
+    /// `netns`: the pod's pinned namespace, or the spare it is taking while
+    /// the sandbox helper pins that spare in the pod's ns dir (the caller
+    /// moves the attachment to the pin once it is there).
     pub(super) async fn setup_network(
         &self,
         pod: &PodMeta,
         net: &NetworkConfig,
         netns: &Path,
-    ) -> Result<Vec<IpAddr>> {
+    ) -> Result<Attachment> {
         let md = pod.config.metadata.clone().unwrap_or_default();
         let pod_ref = PodRef {
             namespace: md.namespace,
@@ -39,24 +38,13 @@ impl Runtime {
         att.save(&pod.dir)?;
         self.cni.add(&self.reaper, &mut att).await?;
         att.save(&pod.dir)?;
-        let ips = att.ips();
         tracing::info!(
             pod = %pod.id,
             network = %net.name,
-            ips = ?ips,
+            ips = ?att.ips(),
             "pod network attached"
         );
-        Ok(ips)
-    }
-
-    /// The spare the pod's network was attached on is pinned in the pod's
-    /// ns dir now: its attachment names that pin from here on.
-    pub(super) fn network_moved(&self, pod: &PodMeta) -> Result<()> {
-        if let Some(mut att) = Attachment::load(&pod.dir)? {
-            att.moved_to(&pod.ns_path("net"));
-            att.save(&pod.dir)?;
-        }
-        Ok(())
+        Ok(att)
     }
 
     /// The pod network, if a CNI config names one, with each of its plugins

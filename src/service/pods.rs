@@ -184,7 +184,7 @@ impl Runtime {
             // With a CNI network, ADD may start on a spare namespace at once
             // while the helper makes the rest of the sandbox around it.
             if net.is_some() {
-                *spare = self.take_spare_net();
+                *spare = self.spares.take();
             }
             let spec = SandboxSpec {
                 id: id.to_string(),
@@ -209,11 +209,13 @@ impl Runtime {
                     .await?;
                 // Known before the network is, so that a crash or failure
                 // from here on ends the pod's init too.
-                let mut rec = Pod::record_of(&meta, &status);
-                rec.init_pid = init.map(|p| p.pid);
-                rec.init_start = init.and_then(|p| p.start);
-                rec.creating = true;
-                record::save(&meta.dir, RECORD, &rec)?;
+                save(
+                    &PodMeta {
+                        init,
+                        ..meta.clone()
+                    },
+                    &status,
+                )?;
                 Ok::<_, Error>((init, began.elapsed()))
             };
             let pinned = meta.ns_path("net");
@@ -221,23 +223,27 @@ impl Runtime {
                 (Some(net), Some(s)) => {
                     let on = s.net();
                     let network = async {
-                        let ips = self.setup_network(&meta, net, &on).await;
-                        (ips, began.elapsed())
+                        let att = self.setup_network(&meta, net, &on).await;
+                        (att, began.elapsed())
                     };
-                    let (made, (ips, at)) = tokio::join!(sandbox, network);
+                    let (made, (att, at)) = tokio::join!(sandbox, network);
                     // Kept even when the network failed: the failure path ends it.
                     if let Ok((init, _)) = &made {
                         meta.init = *init;
                     }
                     let made = made?;
-                    status.ips = ips?;
-                    self.network_moved(&meta)?;
+                    // Both done: the spare is pinned in the pod's ns dir now,
+                    // and the attachment names that pin from here on.
+                    let mut att = att?;
+                    att.moved_to(&pinned);
+                    att.save(&meta.dir)?;
+                    status.ips = att.ips();
                     (made, Some(at))
                 }
                 (Some(net), None) => {
                     let made = sandbox.await?;
                     meta.init = made.0;
-                    status.ips = self.setup_network(&meta, net, &pinned).await?;
+                    status.ips = self.setup_network(&meta, net, &pinned).await?.ips();
                     (made, Some(began.elapsed()))
                 }
                 (None, _) => (sandbox.await?, None),
