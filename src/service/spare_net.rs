@@ -11,8 +11,10 @@
 //! only after a pod that could have used one (its own network, a CNI config)
 //! took or missed one, up to `spare_netns` of them (0: none), so a server that
 //! runs no such pod keeps none. They go when the server stops; a start sweeps
-//! what a killed server left (no pod names a spare's path once it is made:
-//! a pod that took one has its own pin, or is undone by its record).
+//! what a killed server left, after the half-made pods are undone (their DEL
+//! may still run on the spare their ADD ran on). A pod whose attachment
+//! still names a spare that is gone has its DEL run in its own pin
+//! (`teardown_network`).
 
 use super::Runtime;
 use crate::store::spare_net::Spare;
@@ -22,11 +24,6 @@ use std::time::Duration;
 use sycri_native::spec::SandboxSpec;
 
 impl Runtime {
-    /// A spare network namespace for a pod, if one is ready.
-    pub(super) fn take_spare_net(&self) -> Option<Spare> {
-        self.spares.take()
-    }
-
     /// Makes spares in the background until `spare_netns` are ready or
     /// being made, once a pod has asked for one. Called when a pod is made
     /// (or failed), not as it is made: the helpers would compete with its

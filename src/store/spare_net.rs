@@ -153,6 +153,7 @@ impl SpareNets {
     }
 
     /// How many are ready.
+    #[cfg(test)]
     pub fn ready(&self) -> usize {
         self.lock().ready.len()
     }
