@@ -792,30 +792,18 @@ async fn wait_spare(s: &Server) -> PathBuf {
 
 /// What assert_no_leaks asks of a running server, which may keep its one
 /// spare network namespace (`spare_netns` = 1): at most one, a network
-/// namespace, and nothing else. Looked at again until it holds (bounded):
-/// the spare is made in the background after the last pod, so it, and the
-/// helper making it, may appear while this looks.
+/// namespace, and nothing else (a second spare, or one that is no
+/// namespace, is left over). The spare is looked up on each look: it is made
+/// in the background after the last pod, and may appear while this waits.
 async fn assert_no_leaks_but_the_spare(s: &Server) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let spares = spare_nets(s);
-        assert!(spares.len() <= 1, "more spares than wanted: {spares:?}");
-        let not_ns: Vec<&PathBuf> = spares
-            .iter()
-            .filter(|p| !p.ends_with("ns/net") || !sycri::cni::is_netns(p))
-            .collect();
-        let left = leftovers_besides(s, &[], &spares);
-        if left.is_empty() && not_ns.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "left behind under {}:\n {}\n spares that are no network namespace: {not_ns:?}",
-            s.dir.path().display(),
-            left.join("\n ")
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_only_pods_left_and(s, &[], || {
+        spare_nets(s)
+            .into_iter()
+            .filter(|p| p.ends_with("ns/net") && sycri::cni::is_netns(p))
+            .take(1)
+            .collect()
+    })
+    .await
 }
 
 fn inode(p: &Path) -> u64 {

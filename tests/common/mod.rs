@@ -969,9 +969,19 @@ pub fn leftovers_besides(s: &Server, pods: &[&str], allowed: &[PathBuf]) -> Vec<
 
 /// Waits (bounded) until [`leftovers_besides`] is empty, and panics with what is left.
 pub async fn assert_only_pods_left(s: &Server, pods: &[&str], allowed: &[PathBuf]) {
+    assert_only_pods_left_and(s, pods, || allowed.to_vec()).await
+}
+
+/// As [`assert_only_pods_left`], with the mounts allowed looked up again on
+/// each look (some appear in the background while it waits).
+pub async fn assert_only_pods_left_and(
+    s: &Server,
+    pods: &[&str],
+    allowed: impl Fn() -> Vec<PathBuf>,
+) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let left = leftovers_besides(s, pods, allowed);
+        let left = leftovers_besides(s, pods, &allowed());
         if left.is_empty() {
             return;
         }
