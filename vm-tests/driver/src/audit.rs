@@ -83,20 +83,22 @@ fn both_names(dir: &str) -> Vec<PathBuf> {
     v
 }
 
-fn under_sycri(p: &Path) -> bool {
+/// Both names of both of sycri's directories.
+fn sycri_dirs() -> Vec<PathBuf> {
     [STORAGE_DIR, RUN_DIR]
         .iter()
         .flat_map(|d| both_names(d))
-        .any(|d| p.starts_with(d))
+        .collect()
 }
 
 /// Mount points under sycri's directories.
 pub fn sycri_mounts() -> Vec<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let dirs = sycri_dirs();
     sycri_native::mounts::parse_mountinfo(&info)
         .into_iter()
         .map(|m| m.mount_point)
-        .filter(|p| under_sycri(p))
+        .filter(|p| dirs.iter().any(|d| p.starts_with(d)))
         .collect()
 }
 
@@ -121,10 +123,11 @@ pub fn sycri_mounts_but_the_spare() -> Vec<PathBuf> {
 
 /// Loop devices attached to files under sycri's directories.
 pub fn sycri_loops() -> Vec<(u32, PathBuf)> {
+    let dirs = sycri_dirs();
     sycri_native::loopdev::attached_devices()
         .unwrap_or_default()
         .into_iter()
-        .filter(|(_, p)| under_sycri(p))
+        .filter(|(_, p)| dirs.iter().any(|d| p.starts_with(d)))
         .collect()
 }
 
