@@ -8,6 +8,22 @@ pub const DEFAULT_STORAGE_DIR: &str = "/var/lib/singularity";
 pub const DEFAULT_RUN_DIR: &str = "/var/run/singularity";
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/sycri/sycri.toml";
 pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
+/// The reference plugins (containernetworking/plugins) that read nothing of
+/// the pod from CNI_ARGS.
+pub const DEFAULT_SPARE_NETNS_ATTACH: &[&str] = &[
+    "bridge",
+    "ptp",
+    "macvlan",
+    "ipvlan",
+    "host-local",
+    "static",
+    "loopback",
+    "portmap",
+    "tuning",
+    "bandwidth",
+    "firewall",
+];
+
 /// The usual place, then Debian's (containernetworking-plugins).
 pub const DEFAULT_CNI_BIN_DIRS: &[&str] = &["/opt/cni/bin", "/usr/lib/cni"];
 /// The cgroup group that holds containers whose pod names no cgroup parent.
@@ -51,6 +67,13 @@ pub struct Config {
     /// network and a CNI config), so that CNI ADD need not wait for one; 0
     /// makes each pod's namespace as the pod is made.
     pub spare_netns: usize,
+    /// CNI plugin types whose ADD depends only on the namespace, the id and
+    /// the capability values, never on which pod it is for (the pod's name,
+    /// namespace and uid in CNI_ARGS): when every plugin of the network is
+    /// one of them, a spare is attached to the network before a pod takes
+    /// it, and RunPodSandbox runs no plugin. Empty: spares are attached as
+    /// they are taken.
+    pub spare_netns_attach: Vec<String>,
     /// Largest unpacked size of an image pulled from a registry (all layers),
     /// a guard against decompression bombs.
     pub max_image_bytes: u64,
@@ -194,6 +217,10 @@ impl Default for Config {
             stream_address: "127.0.0.1:0".to_string(),
             pod_stop_timeout_secs: 0,
             spare_netns: 1,
+            spare_netns_attach: DEFAULT_SPARE_NETNS_ATTACH
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             max_image_bytes: 8 << 30,
             library_url: "https://library.sylabs.io".to_string(),
             cni_conf_dir: PathBuf::from(DEFAULT_CNI_CONF_DIR),

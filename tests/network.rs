@@ -122,12 +122,32 @@ impl TestNet {
         )))
     }
 
-    /// Asserts the network holds nothing of any pod any more.
-    async fn assert_empty(&self, pod_ids: &[&str]) {
+    /// The id host-local's allocation of `ip` is for.
+    fn allocated_to(&self, ip: &str) -> String {
+        std::fs::read_to_string(self.ipam_dir().join(self.name()).join(ip))
+            .unwrap_or_default()
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    }
+
+    /// Asserts the network holds nothing of any pod any more; with the
+    /// server `running`, but what its spares attached ahead hold (one IP and
+    /// one veth each; looked up on each look, as a spare is made in the
+    /// background).
+    async fn assert_empty(&self, pod_ids: &[&str], running: Option<&Server>) {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let ports = self.ports();
-            let allocs = self.allocations();
+            let spares = running.map(spare_ids).unwrap_or_default();
+            let mut ports = self.ports();
+            let allocs: Vec<String> = self
+                .allocations()
+                .into_iter()
+                .filter(|ip| !spares.contains(&self.allocated_to(ip)))
+                .collect();
+            ports.truncate(ports.len().saturating_sub(spares.len()));
             let nat = iptables_nat();
             let rules: Vec<&str> = pod_ids
                 .iter()
@@ -491,12 +511,12 @@ async fn two_pods_reach_each_other_over_the_bridge() {
         assert_eq!(st.state, cri::PodSandboxState::SandboxNotready as i32);
         assert_eq!(st.network.expect("network").ip, "", "no IP once stopped");
     }
-    net.assert_empty(&[&a, &b]).await;
+    net.assert_empty(&[&a, &b], Some(&s)).await;
     for p in [&a, &b] {
         stop_and_remove(&mut s, p).await;
     }
     assert!(list_pods(&mut s.rt).await.is_empty());
-    net.assert_empty(&[&a, &b]).await;
+    net.assert_empty(&[&a, &b], Some(&s)).await;
     assert_no_leaks_but_the_spare(&s).await;
 }
 
@@ -545,7 +565,7 @@ async fn host_port_answers_on_localhost() {
     );
 
     stop_and_remove(&mut s, &pod).await;
-    net.assert_empty(&[&pod]).await;
+    net.assert_empty(&[&pod], Some(&s)).await;
     assert_no_leaks_but_the_spare(&s).await;
 }
 
@@ -732,7 +752,7 @@ async fn sysctls_are_applied_in_the_pod_and_others_refused() {
         "4242"
     );
     assert!(list_pods(&mut s.rt).await.is_empty());
-    net.assert_empty(&[&pod]).await;
+    net.assert_empty(&[&pod], Some(&s)).await;
     assert_no_leaks_but_the_spare(&s).await;
 }
 
@@ -768,7 +788,7 @@ async fn teardown_after_restart_and_without_the_netns() {
 
     stop_and_remove(&mut s, &a).await;
     stop_and_remove(&mut s, &b).await;
-    net.assert_empty(&[&a, &b]).await;
+    net.assert_empty(&[&a, &b], Some(&s)).await;
     assert!(list_pods(&mut s.rt).await.is_empty());
     assert_no_leaks(s.dir.path(), &[]);
     let log = server_log(s.dir.path());
@@ -779,6 +799,42 @@ async fn teardown_after_restart_and_without_the_netns() {
 fn spare_nets(s: &Server) -> Vec<PathBuf> {
     let dir = s.run_dir().join("spare-net");
     mounts_under(&dir)
+}
+
+/// The ids the server's spares were attached ahead under (their records in
+/// its state dir).
+fn spare_ids(s: &Server) -> Vec<String> {
+    dir_entries(&s.storage_dir().join("state").join("spare-net"))
+        .into_iter()
+        .filter_map(|name| {
+            let p = s
+                .storage_dir()
+                .join("state/spare-net")
+                .join(name)
+                .join("network.json");
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
+            v["container_id"].as_str().map(String::from)
+        })
+        .collect()
+}
+
+/// The server's one spare, attached ahead: its id and its IP (once its ADD
+/// is done).
+async fn wait_attached_spare(s: &Server, net: &TestNet) -> (String, String) {
+    let found = || {
+        let ids = spare_ids(s);
+        let id = ids.first()?.clone();
+        let ip = net
+            .allocations()
+            .into_iter()
+            .find(|ip| net.allocated_to(ip) == id)?;
+        (ids.len() == 1).then_some((id, ip))
+    };
+    wait_for("a spare attached ahead", Duration::from_secs(10), || {
+        found().is_some()
+    })
+    .await;
+    found().expect("found")
 }
 
 /// The server's one spare network namespace, once it is made.
@@ -826,19 +882,30 @@ async fn a_pod_takes_the_spare_netns_and_a_stop_or_crash_leaves_none() {
     let a = run_pod(&mut s.rt, pod_config("first", &logs)).await;
     let spare = wait_spare(&s).await;
     let spare_ino = inode(&spare);
+    // bridge, host-local and portmap read nothing of the pod: the spare is
+    // attached ahead, its IP allocated before any pod takes it.
+    let (ahead_id, ahead_ip) = wait_attached_spare(&s, &net).await;
 
     // The next pod runs in the spare (its pin is the spare's namespace), on
     // the network, and a new spare is made for the pod after it.
     let b = run_pod(&mut s.rt, pod_config("second", &logs)).await;
+    assert_eq!(
+        b, ahead_id,
+        "the pod has the id its spare was attached under"
+    );
     let b_net = s.run_dir().join("pods").join(&b).join("ns").join("net");
     assert_eq!(inode(&b_net), spare_ino, "the pod took the spare");
     assert!(!spare.exists(), "the spare's own pin is gone");
     let next = wait_spare(&s).await;
     assert_ne!(inode(&next), spare_ino);
+    let (next_id, _) = wait_attached_spare(&s, &net).await;
+    assert_ne!(next_id, b);
     let (st, info) = pod_status(&mut s.rt, &b).await;
     let ip = st.network.expect("network").ip;
+    assert_eq!(ip, ahead_ip, "the IP allocated ahead");
     assert!(ip.starts_with(&net.subnet_prefix()), "{ip}");
-    // The attachment names the pod's own pin, not the spare's (DEL uses it).
+    // The attachment names the pod's own pin, not the spare's (DEL uses it),
+    // and the pod's facts in CNI_ARGS.
     let eth0 = info["cniResult"]["interfaces"]
         .as_array()
         .and_then(|v| v.iter().find(|i| i["name"] == "eth0"))
@@ -846,6 +913,22 @@ async fn a_pod_takes_the_spare_netns_and_a_stop_or_crash_leaves_none() {
         .unwrap_or_default();
     assert_eq!(eth0["sandbox"], b_net.to_string_lossy().as_ref(), "{info}");
     assert!(!info.to_string().contains("spare-net"), "{info}");
+    let kept: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            s.storage_dir()
+                .join("state/pods")
+                .join(&b)
+                .join("network.json"),
+        )
+        .expect("the pod's attachment"),
+    )
+    .expect("json");
+    assert!(
+        kept["args"]
+            .to_string()
+            .contains("\"K8S_POD_NAME\",\"second\""),
+        "{kept}"
+    );
     let addrs = output(
         Command::new("nsenter")
             .arg(format!("--net={}", b_net.display()))
@@ -858,31 +941,103 @@ async fn a_pod_takes_the_spare_netns_and_a_stop_or_crash_leaves_none() {
         "eth0 of the pod: {addrs}"
     );
 
-    stop_and_remove(&mut s, &a).await;
-    stop_and_remove(&mut s, &b).await;
-    net.assert_empty(&[&a, &b]).await;
+    // A pod with a host port gives portmap other values than the spare was
+    // attached with: it runs its own ADD and leaves the spare for the next.
+    let mut ported = pod_config("ported", &logs);
+    ported.port_mappings = vec![cri::PortMapping {
+        protocol: cri::Protocol::Tcp as i32,
+        container_port: 8080,
+        host_port: i32::from(oci::free_port()),
+        host_ip: String::new(),
+    }];
+    let p = run_pod(&mut s.rt, ported).await;
+    assert_ne!(p, next_id);
+    assert_eq!(
+        spare_ids(&s),
+        std::slice::from_ref(&next_id),
+        "the spare stays"
+    );
+    assert!(
+        iptables_nat().contains(&p),
+        "the pod's own ADD mapped its port"
+    );
+
+    // A changed network config: the spare attached with the old one goes
+    // (DEL: its IP is free again) and the next is attached with the new one.
+    let conflist = net.conf_dir().join("10-test.conflist");
+    let mut conf: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&conflist).expect("read conflist")).expect("json");
+    conf["plugins"][0]["mtu"] = serde_json::json!(1400);
+    std::fs::write(&conflist, serde_json::to_vec(&conf).expect("json")).expect("write conflist");
+    let c = run_pod(&mut s.rt, pod_config("third", &logs)).await;
+    assert_ne!(c, next_id, "the stale spare is not taken");
+    wait_for(
+        "the stale spare's IP released",
+        Duration::from_secs(10),
+        || {
+            !net.allocations()
+                .iter()
+                .any(|ip| net.allocated_to(ip) == next_id)
+        },
+    )
+    .await;
+    let (fresh_id, _) = wait_attached_spare(&s, &net).await;
+    assert_ne!(fresh_id, next_id);
+
+    for pod in [&a, &b, &p, &c] {
+        stop_and_remove(&mut s, pod).await;
+    }
+    net.assert_empty(&[&a, &b, &p, &c], Some(&s)).await;
     assert_no_leaks_but_the_spare(&s).await;
     assert_eq!(spare_nets(&s).len(), 1);
 
-    // A stopping server releases its spare.
+    // A stopping server releases its spare, and its IP.
     s.terminate();
     assert_no_leaks(s.dir.path(), &[]);
+    net.assert_empty(&[], None).await;
 
     // One killed with a spare ready: the next start releases it (and makes
     // none until a pod asks), and the pod lives on.
     relaunch(&mut s, net.dir.path()).await;
-    let c = run_pod(&mut s.rt, pod_config("third", &logs)).await;
+    let d = run_pod(&mut s.rt, pod_config("fourth", &logs)).await;
     let left = wait_spare(&s).await;
+    let (left_id, _) = wait_attached_spare(&s, &net).await;
     s.kill9();
     relaunch(&mut s, net.dir.path()).await;
     assert!(spare_nets(&s).is_empty(), "swept: {:?}", spare_nets(&s));
     assert!(!left.exists(), "{}", left.display());
+    assert!(spare_ids(&s).is_empty());
+    assert!(
+        !net.allocations()
+            .iter()
+            .any(|ip| net.allocated_to(ip) == left_id),
+        "the swept spare's IP is released"
+    );
     assert_eq!(
-        pod_status(&mut s.rt, &c).await.0.state,
+        pod_status(&mut s.rt, &d).await.0.state,
         cri::PodSandboxState::SandboxReady as i32
     );
-    stop_and_remove(&mut s, &c).await;
-    net.assert_empty(&[&c]).await;
+
+    // Killed again, and the run dir's spare gone as with a reboot: the
+    // spare's record in the state dir still releases its IP.
+    let e = run_pod(&mut s.rt, pod_config("fifth", &logs)).await;
+    let gone = wait_spare(&s).await;
+    let (gone_id, _) = wait_attached_spare(&s, &net).await;
+    s.kill9();
+    nix::mount::umount2(&gone, nix::mount::MntFlags::MNT_DETACH).expect("unpin the spare");
+    std::fs::remove_dir_all(s.run_dir().join("spare-net")).expect("remove the run dir's spares");
+    relaunch(&mut s, net.dir.path()).await;
+    assert!(spare_ids(&s).is_empty());
+    assert!(
+        !net.allocations()
+            .iter()
+            .any(|ip| net.allocated_to(ip) == gone_id),
+        "the lost spare's IP is released"
+    );
+    for pod in [&d, &e] {
+        stop_and_remove(&mut s, pod).await;
+    }
+    net.assert_empty(&[&d, &e], None).await;
     assert_no_leaks(s.dir.path(), &[]);
     let log = server_log(s.dir.path());
     assert!(!log.contains("panicked"), "{log}");

@@ -17,6 +17,7 @@ use crate::engine::Reaper;
 use conf::version_at_least;
 pub use conf::NetworkConfig;
 pub use error::CniError;
+pub use plugin::Priority;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::net::IpAddr;
@@ -70,16 +71,48 @@ impl Attachment {
             container_id: pod.id.clone(),
             netns: netns.to_path_buf(),
             ifname: POD_IFNAME.to_string(),
+            args: pod_args(pod),
+            capability_args,
+            result: None,
+        }
+    }
+
+    /// An attachment made ahead of its pod (a spare network namespace's):
+    /// the id the pod will have, no pod facts in CNI_ARGS (the pod is not
+    /// known yet; [`Self::for_pod`] adds them when a pod takes it).
+    pub fn ahead(
+        network: &NetworkConfig,
+        id: &str,
+        netns: &Path,
+        capability_args: Map<String, Value>,
+    ) -> Attachment {
+        Attachment {
+            network: network.to_value(),
+            container_id: id.to_string(),
+            netns: netns.to_path_buf(),
+            ifname: POD_IFNAME.to_string(),
             args: vec![
                 ("IgnoreUnknown".into(), "1".into()),
-                ("K8S_POD_NAMESPACE".into(), pod.namespace.clone()),
-                ("K8S_POD_NAME".into(), pod.name.clone()),
-                ("K8S_POD_INFRA_CONTAINER_ID".into(), pod.id.clone()),
-                ("K8S_POD_UID".into(), pod.uid.clone()),
+                ("K8S_POD_INFRA_CONTAINER_ID".into(), id.to_string()),
             ],
             capability_args,
             result: None,
         }
+    }
+
+    /// The pod `pod` (whose id is this attachment's) took it: DEL and CHECK
+    /// get the pod's facts from now on, as an attachment made for it would.
+    pub fn for_pod(&mut self, pod: &PodRef) {
+        debug_assert_eq!(pod.id, self.container_id);
+        self.args = pod_args(pod);
+    }
+
+    /// What each plugin of the network gets as `runtimeConfig` from this
+    /// attachment's capability values.
+    pub fn runtime_configs(&self) -> Vec<Map<String, Value>> {
+        self.network_config()
+            .map(|net| runtime_configs(&net, &self.capability_args))
+            .unwrap_or_default()
     }
 
     /// The network configuration this attachment was made with.
@@ -174,6 +207,48 @@ impl Attachment {
             }),
         }
     }
+}
+
+/// The CNI_ARGS of a pod's attachment (what containerd passes).
+fn pod_args(pod: &PodRef) -> Vec<(String, String)> {
+    vec![
+        ("IgnoreUnknown".into(), "1".into()),
+        ("K8S_POD_NAMESPACE".into(), pod.namespace.clone()),
+        ("K8S_POD_NAME".into(), pod.name.clone()),
+        ("K8S_POD_INFRA_CONTAINER_ID".into(), pod.id.clone()),
+        ("K8S_POD_UID".into(), pod.uid.clone()),
+    ]
+}
+
+/// What `plugin` gets as `runtimeConfig`: the values of the capabilities it
+/// declares, of those in `capability_args`.
+fn runtime_config(
+    plugin: &Map<String, Value>,
+    capability_args: &Map<String, Value>,
+) -> Map<String, Value> {
+    let mut rc = Map::new();
+    if let Some(Value::Object(caps)) = plugin.get("capabilities") {
+        for (cap, on) in caps {
+            if on.as_bool() == Some(true) {
+                if let Some(v) = capability_args.get(cap) {
+                    rc.insert(cap.clone(), v.clone());
+                }
+            }
+        }
+    }
+    rc
+}
+
+/// What each plugin of `net` gets as `runtimeConfig` from `capability_args`:
+/// two sets of values that give the same are the same to the network.
+pub fn runtime_configs(
+    net: &NetworkConfig,
+    capability_args: &Map<String, Value>,
+) -> Vec<Map<String, Value>> {
+    net.plugins
+        .iter()
+        .map(|p| runtime_config(p, capability_args))
+        .collect()
 }
 
 /// Whether `p` is a namespace file (a pinned nsfs inode), not a plain file
@@ -292,16 +367,7 @@ impl Cni {
         conf.insert("name".into(), Value::String(net.name.clone()));
         conf.insert("cniVersion".into(), Value::String(net.cni_version.clone()));
         conf.remove("runtimeConfig");
-        let mut rc = Map::new();
-        if let Some(Value::Object(caps)) = plugin.get("capabilities") {
-            for (cap, on) in caps {
-                if on.as_bool() == Some(true) {
-                    if let Some(v) = capability_args.get(cap) {
-                        rc.insert(cap.clone(), v.clone());
-                    }
-                }
-            }
-        }
+        let rc = runtime_config(plugin, capability_args);
         if !rc.is_empty() {
             conf.insert("runtimeConfig".into(), Value::Object(rc));
         }
@@ -317,7 +383,7 @@ impl Cni {
         reaper: &Reaper,
         att: &Attachment,
         net: &NetworkConfig,
-        command: &str,
+        (command, priority): (&str, Priority),
         plugin: &Map<String, Value>,
         prev: Option<&Value>,
     ) -> Result<Vec<u8>, CniError> {
@@ -332,6 +398,7 @@ impl Cni {
         };
         let args = att.cni_args();
         let call = plugin::Call {
+            priority,
             command,
             container_id: &att.container_id,
             netns: &netns,
@@ -345,12 +412,17 @@ impl Cni {
     }
 
     /// ADD: runs the chain; the attachment gets the final result.
-    pub async fn add(&self, reaper: &Reaper, att: &mut Attachment) -> Result<(), CniError> {
+    pub async fn add(
+        &self,
+        reaper: &Reaper,
+        att: &mut Attachment,
+        priority: Priority,
+    ) -> Result<(), CniError> {
         let net = att.network_config()?;
         let mut prev: Option<Value> = None;
         for p in &net.plugins {
             let out = self
-                .call(reaper, att, &net, "ADD", p, prev.as_ref())
+                .call(reaper, att, &net, ("ADD", priority), p, prev.as_ref())
                 .await?;
             let ty = p.get("type").and_then(Value::as_str).unwrap_or("");
             if out.iter().all(u8::is_ascii_whitespace) {
@@ -377,7 +449,12 @@ impl Cni {
 
     /// DEL, in reverse order. Every plugin is called even when one fails; the
     /// first failure is returned.
-    pub async fn del(&self, reaper: &Reaper, att: &Attachment) -> Result<(), CniError> {
+    pub async fn del(
+        &self,
+        reaper: &Reaper,
+        att: &Attachment,
+        priority: Priority,
+    ) -> Result<(), CniError> {
         let net = att.network_config()?;
         let prev = att
             .result
@@ -385,7 +462,10 @@ impl Cni {
             .filter(|_| version_at_least(&net.cni_version, "0.4.0"));
         let mut first_err = None;
         for p in net.plugins.iter().rev() {
-            if let Err(e) = self.call(reaper, att, &net, "DEL", p, prev).await {
+            if let Err(e) = self
+                .call(reaper, att, &net, ("DEL", priority), p, prev)
+                .await
+            {
                 tracing::warn!(container = %att.container_id, error = %e, "CNI DEL");
                 first_err.get_or_insert(e);
             }
@@ -493,6 +573,43 @@ mod tests {
         Attachment::remove(&dir).expect("remove again");
         assert_eq!(Attachment::load(&dir).expect("load"), None);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_attachment_made_ahead_names_its_pod_once_taken() {
+        let mut a = Attachment::ahead(&net(), "abc", Path::new("/run/s/net"), Map::new());
+        assert_eq!(a.container_id, "abc");
+        assert_eq!(
+            a.cni_args(),
+            "IgnoreUnknown=1;K8S_POD_INFRA_CONTAINER_ID=abc"
+        );
+        let pod = PodRef {
+            namespace: "ns".into(),
+            name: "p".into(),
+            uid: "u".into(),
+            id: "abc".into(),
+        };
+        a.for_pod(&pod);
+        let made = Attachment::new(&net(), &pod, Path::new("/run/s/net"), Map::new());
+        assert_eq!(a, made, "as if made for the pod");
+    }
+
+    #[test]
+    fn only_the_capabilities_a_plugin_declares_tell_runtime_configs_apart() {
+        let n = net();
+        let none = runtime_configs(&n, &Map::new());
+        assert_eq!(none, vec![Map::new(), Map::new()]);
+        let mut dns = Map::new();
+        dns.insert("dns".into(), json!({"servers": ["10.0.0.10"]}));
+        dns.insert("bandwidth".into(), json!({"ingressRate": 1}));
+        assert_eq!(runtime_configs(&n, &dns), none, "declared by none, or off");
+        let mut ports = Map::new();
+        ports.insert("portMappings".into(), json!([{"hostPort": 80}]));
+        let with = runtime_configs(&n, &ports);
+        assert_ne!(with, none);
+        assert_eq!(with[1]["portMappings"], json!([{"hostPort": 80}]));
+        let a = Attachment::ahead(&n, "x", Path::new("/run/s/net"), ports);
+        assert_eq!(a.runtime_configs(), with);
     }
 
     #[test]

@@ -34,6 +34,34 @@ pub struct Call<'a> {
     /// The plugin directories (CNI_PATH).
     pub path: &'a [PathBuf],
     pub timeout: Duration,
+    pub priority: Priority,
+}
+
+/// How the plugin's process is scheduled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    /// As the server: a pod waits for it.
+    Normal,
+    /// Nice [`BACKGROUND_NICE`]: work ahead of any pod (a spare network
+    /// namespace attached before a pod takes it), which must not slow down
+    /// the calls being served beside it.
+    Background,
+}
+
+/// The nice value of a [`Priority::Background`] plugin (and of the tools it
+/// starts, which inherit it).
+pub const BACKGROUND_NICE: i32 = 10;
+
+/// Sets the nice value of the plugin process `pid`, just started: it is still
+/// starting (a Go runtime takes milliseconds) when the tools it runs are
+/// started, so they inherit the value. A failure only costs the priority.
+fn lower_priority(pid: i32) {
+    // SAFETY: setpriority(2) takes plain integers and touches no memory of
+    // ours; `pid` is our unreaped child, so it names no other process.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, BACKGROUND_NICE) };
+    if rc != 0 {
+        tracing::debug!(pid, error = %std::io::Error::last_os_error(), "lowering a CNI plugin's priority");
+    }
 }
 
 /// Runs `binary` for `call` with `config` on stdin; its stdout on success.
@@ -77,6 +105,9 @@ pub async fn run(
             source: e,
         })?;
     let pid = child.id() as i32;
+    if call.priority == Priority::Background {
+        lower_priority(pid);
+    }
     let stdin = child.stdin.take();
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();

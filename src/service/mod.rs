@@ -92,7 +92,7 @@ impl Runtime {
         let images = Arc::new(ImageStore::open(&real(&cfg.storage_dir)?, &run_dir)?);
         let puller = Puller::new(&cfg)?;
         let cni = Cni::new(cfg.cni_conf_dir.clone(), cfg.cni_bin_dirs.clone());
-        let spares = crate::store::spare_net::SpareNets::new(&run_dir, cfg.spare_netns);
+        let spares = crate::store::spare_net::SpareNets::new(&run_dir, &state_dir, cfg.spare_netns);
         let rt = Arc::new(Runtime {
             cfg,
             state_dir,

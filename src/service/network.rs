@@ -4,7 +4,7 @@
 
 use super::pod_spec::capability_args;
 use super::Runtime;
-use crate::cni::{Attachment, NetworkConfig, PodRef};
+use crate::cni::{Attachment, NetworkConfig, PodRef, Priority};
 use crate::error::{Error, Result};
 use crate::store::pod::PodMeta;
 use std::path::Path;
@@ -21,28 +21,50 @@ impl Runtime {
         net: &NetworkConfig,
         netns: &Path,
     ) -> Result<Attachment> {
-        let md = pod.config.metadata.clone().unwrap_or_default();
-        let pod_ref = PodRef {
-            namespace: md.namespace,
-            name: md.name,
-            uid: md.uid,
-            id: pod.id.clone(),
-        };
         let mut att = Attachment::new(
             net,
-            &pod_ref,
+            &pod_ref(pod),
             netns,
             capability_args(&pod.config, self.cni.ip_ranges())?,
         );
         // Kept before ADD, so that a failed or interrupted ADD is undone by DEL.
         att.save(&pod.dir)?;
-        self.cni.add(&self.reaper, &mut att).await?;
+        self.cni
+            .add(&self.reaper, &mut att, Priority::Normal)
+            .await?;
         att.save(&pod.dir)?;
         tracing::info!(
             pod = %pod.id,
             network = %net.name,
             ips = ?att.ips(),
             "pod network attached"
+        );
+        Ok(att)
+    }
+
+    /// The pod takes the attachment `att` of the spare it takes (made ahead
+    /// under the pod's id, kept in `spare_record`): it names the pod and is
+    /// the pod's from now on, kept in its state dir (its failure path or its
+    /// Stop runs the DEL), and the spare's record of it goes. The caller
+    /// moves it to the pod's pin once the helper pinned the spare there.
+    pub(super) fn adopt_network(
+        &self,
+        pod: &PodMeta,
+        mut att: Attachment,
+        spare_record: &Path,
+    ) -> Result<Attachment> {
+        att.for_pod(&pod_ref(pod));
+        att.save(&pod.dir)?;
+        if let Err(e) = std::fs::remove_dir_all(spare_record) {
+            // A DEL of the spare's record would undo the pod's network.
+            tracing::warn!(dir = %spare_record.display(), error = %e, "removing the record of a taken spare");
+            Attachment::remove(spare_record)?;
+        }
+        tracing::info!(
+            pod = %pod.id,
+            network = %att.network["name"].as_str().unwrap_or(""),
+            ips = ?att.ips(),
+            "pod network attached (ahead)"
         );
         Ok(att)
     }
@@ -82,10 +104,21 @@ impl Runtime {
         if let Some(ns) = del_netns(&att.netns, pin) {
             att.netns = ns;
         }
-        self.cni.del(&self.reaper, &att).await?;
+        self.cni.del(&self.reaper, &att, Priority::Normal).await?;
         Attachment::remove(state_dir)?;
         tracing::info!(pod = %att.container_id, "pod network detached");
         Ok(())
+    }
+}
+
+/// The pod facts CNI gets for `pod`.
+fn pod_ref(pod: &PodMeta) -> PodRef {
+    let md = pod.config.metadata.clone().unwrap_or_default();
+    PodRef {
+        namespace: md.namespace,
+        name: md.name,
+        uid: md.uid,
+        id: pod.id.clone(),
     }
 }
 

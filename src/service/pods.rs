@@ -5,6 +5,7 @@
 
 use super::pod_spec::{self, cgroup_parent, check_sysctls, hosts_file, ns_options, resolv_conf};
 use super::Runtime;
+use crate::cni::NetworkConfig;
 use crate::error::{Error, Result};
 use crate::proto::cri;
 use crate::store::pod::{Pod, PodMeta, PodStatus, RECORD};
@@ -86,18 +87,43 @@ impl Runtime {
             ns.network != cri::NamespaceMode::Node as i32,
             ns.ipc != cri::NamespaceMode::Node as i32,
         )?;
-        pod_spec::capability_args(&config, None)?;
+        let caps = pod_spec::capability_args(&config, self.cni.ip_ranges())?;
         let name_key = format!("{}_{}_{}_{}", md.name, md.namespace, md.uid, md.attempt);
-        let id = random_hex(32);
-        self.names.reserve(&name_key, &id)?;
-        let mut spare = None;
+        // Its CNI network (a missing plugin is refused before anything is
+        // made), and with one a spare namespace to start on at once.
+        let net = match ns.network != cri::NamespaceMode::Node as i32 {
+            true => self.pod_network(&name_key)?,
+            false => None,
+        };
+        let mut spare = net.as_ref().and_then(|n| self.take_spare_net(n, &caps));
+        // A spare attached ahead was attached under the id its pod gets.
+        let id = spare
+            .as_ref()
+            .and_then(|s| s.attachment.as_ref())
+            .map(|a| a.container_id.clone())
+            .unwrap_or_else(|| random_hex(32));
+        if let Err(e) = self.names.reserve(&name_key, &id) {
+            if let Some(back) = spare.and_then(|s| self.spares.give_back(s)) {
+                self.drop_spare_net(back).await;
+            }
+            return Err(e);
+        }
         let made = self
-            .create_pod(&id, &name_key, config, &req.runtime_handler, &mut spare)
+            .create_pod(
+                &id,
+                &name_key,
+                config,
+                &req.runtime_handler,
+                net,
+                &mut spare,
+            )
             .await;
         // The pod pinned the spare it took in its own ns dir (or failed
-        // and is undone): the spare's pin is not needed either way.
+        // and is undone): the spare's pin is not needed either way, and
+        // the pod need not wait for it to go.
         if let Some(spare) = spare {
-            self.drop_spare_net(spare).await;
+            let rt = self.clone();
+            tokio::spawn(async move { rt.drop_spare_net(spare).await });
         }
         self.fill_spare_nets();
         match made {
@@ -130,6 +156,7 @@ impl Runtime {
         name_key: &str,
         config: cri::PodSandboxConfig,
         runtime_handler: &str,
+        net: Option<NetworkConfig>,
         spare: &mut Option<Spare>,
     ) -> std::result::Result<Pod, (Error, Option<Pod>)> {
         let ns = ns_options(&config);
@@ -177,15 +204,10 @@ impl Runtime {
             std::fs::create_dir_all(&run).map_err(|e| Error::io("create pod run dir", e))?;
             record::save_config(&state, &meta.config)?;
             save(&meta, &status)?;
-            let net = match meta.own_net {
-                true => self.pod_network(id)?,
-                false => None,
-            };
-            // With a CNI network, ADD may start on a spare namespace at once
-            // while the helper makes the rest of the sandbox around it.
-            if net.is_some() {
-                *spare = self.spares.take();
-            }
+            // With a spare, ADD starts on it at once (or was run on it
+            // ahead) while the helper makes the rest of the sandbox around it.
+            let ahead = spare.as_mut().and_then(|s| s.attachment.take());
+            let ahead_taken = ahead.is_some();
             let spec = SandboxSpec {
                 id: id.to_string(),
                 hostname: hostname.clone(),
@@ -221,9 +243,12 @@ impl Runtime {
             let pinned = meta.ns_path("net");
             let ((init, sandbox_at), network_at) = match (&net, spare.as_ref()) {
                 (Some(net), Some(s)) => {
-                    let on = s.net();
+                    let (on, record) = (s.net(), s.record_dir().to_path_buf());
                     let network = async {
-                        let att = self.setup_network(&meta, net, &on).await;
+                        let att = match ahead {
+                            Some(att) => self.adopt_network(&meta, att, &record),
+                            None => self.setup_network(&meta, net, &on).await,
+                        };
                         (att, began.elapsed())
                     };
                     let (made, (att, at)) = tokio::join!(sandbox, network);
@@ -252,6 +277,7 @@ impl Runtime {
             tracing::debug!(
                 pod = %id,
                 spare = spare.is_some(),
+                ahead = ahead_taken,
                 sandbox_ms = sandbox_at.as_secs_f64() * 1e3,
                 network_ms = network_at.map(|d| d.as_secs_f64() * 1e3),
                 "pod namespaces and network made"

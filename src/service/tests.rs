@@ -11,6 +11,7 @@ use crate::engine::Reaper;
 use crate::error::Error;
 use crate::proto::cri;
 use crate::store::container::State;
+use crate::store::spare_net::Fit;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -1001,10 +1002,18 @@ async fn spare_netns_are_made_when_asked_for_swept_at_start_and_released_at_stop
     env.rt.fill_spare_nets();
     tokio::task::yield_now().await;
     assert!(spares(&env).is_empty());
-    assert!(env.rt.spares.take().is_none(), "the first ask finds none");
+    assert!(
+        env.rt.spares.take(|_| Fit::Take).0.is_none(),
+        "the first ask finds none"
+    );
     env.rt.fill_spare_nets();
     let made = wait_spares(&env, 1).await;
-    let spare = env.rt.spares.take().expect("a spare is ready");
+    let spare = env
+        .rt
+        .spares
+        .take(|_| Fit::Take)
+        .0
+        .expect("a spare is ready");
     assert_eq!(spare.net(), made[0].join("net"));
     // The next is made once the pod that took one is done with it.
     env.rt.drop_spare_net(spare).await;
@@ -1028,7 +1037,7 @@ async fn spare_netns_are_made_when_asked_for_swept_at_start_and_released_at_stop
             .count()
     };
     let before = made(&env);
-    assert!(env.rt.spares.take().is_none());
+    assert!(env.rt.spares.take(|_| Fit::Take).0.is_none());
     env.rt.fill_spare_nets();
     env.rt.release_spare_nets().await;
     assert_eq!(made(&env), before + 1, "a spare was being made");

@@ -1,8 +1,9 @@
 //! The spare network namespaces a server keeps for its next pods: which are
-//! ready, how many are being made, whether the server is stopping. Paths and
-//! counts only; `service/spare_net.rs` makes and releases them (the policy and
-//! the why are there).
+//! ready, how many are being made, whether the server is stopping. Paths,
+//! counts and the attachment a spare was given ahead; `service/spare_net.rs`
+//! makes and releases them (the policy and the why are there).
 
+use crate::cni::Attachment;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -11,19 +12,34 @@ use std::time::Duration;
 pub const DIR: &str = "spare-net";
 
 /// One spare: its directory, whose `ns/net` is the pinned namespace and whose
-/// `sandbox.json` the helper that made it ran on.
+/// `sandbox.json` the helper that made it ran on; and, for one attached to
+/// the network ahead, the attachment (kept in `record_dir`, under the state
+/// dir, so that its DEL is not lost with the run dir at a reboot).
 #[derive(Debug)]
 pub struct Spare {
     dir: PathBuf,
+    record_dir: PathBuf,
+    pub attachment: Option<Attachment>,
 }
 
 impl Spare {
-    pub fn at(dir: PathBuf) -> Spare {
-        Spare { dir }
+    /// The spare named `name`, of run dir `run` and state dir `state`
+    /// (as [`SpareNets::dir`] and [`SpareNets::record_dir`]).
+    pub fn at(run: &Path, state: &Path, name: &str) -> Spare {
+        Spare {
+            dir: run.join(name),
+            record_dir: state.join(name),
+            attachment: None,
+        }
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where its attachment is kept.
+    pub fn record_dir(&self) -> &Path {
+        &self.record_dir
     }
 
     /// The pinned network namespace.
@@ -51,10 +67,22 @@ struct State {
     /// The server is stopping: no spare is kept any more.
     closed: bool,
 }
+/// What a pod makes of a ready spare.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fit {
+    /// It takes it.
+    Take,
+    /// It cannot use it; the spare stays for the next pod.
+    Keep,
+    /// Nobody can use it any more (attached to a network config that
+    /// changed): it goes.
+    Stale,
+}
 
 /// The spares of one server, up to `want` of them.
 pub struct SpareNets {
     dir: PathBuf,
+    record_dir: PathBuf,
     want: usize,
     state: Mutex<State>,
     /// Told when the last spare being made is done.
@@ -62,9 +90,10 @@ pub struct SpareNets {
 }
 
 impl SpareNets {
-    pub fn new(run_dir: &Path, want: usize) -> SpareNets {
+    pub fn new(run_dir: &Path, state_dir: &Path, want: usize) -> SpareNets {
         SpareNets {
             dir: run_dir.join(DIR),
+            record_dir: state_dir.join(DIR),
             want,
             state: Mutex::default(),
             idle: tokio::sync::Notify::new(),
@@ -81,11 +110,38 @@ impl SpareNets {
         &self.dir
     }
 
-    /// A ready spare, if there is one, for a pod that could use one.
-    pub fn take(&self) -> Option<Spare> {
+    /// Where the spares' attachments are kept, under the state dir.
+    pub fn record_dir(&self) -> &Path {
+        &self.record_dir
+    }
+
+    /// For a pod that could use a spare: the first ready one `fit` says it
+    /// takes, if any, and those it says are stale (no longer kept).
+    pub fn take(&self, fit: impl Fn(&Spare) -> Fit) -> (Option<Spare>, Vec<Spare>) {
         let mut s = self.lock();
         s.asked = true;
-        s.ready.pop()
+        let (mut taken, mut stale, mut kept) = (None, Vec::new(), Vec::new());
+        for spare in s.ready.drain(..) {
+            match fit(&spare) {
+                Fit::Take if taken.is_none() => taken = Some(spare),
+                Fit::Stale => stale.push(spare),
+                _ => kept.push(spare),
+            }
+        }
+        s.ready = kept;
+        (taken, stale)
+    }
+
+    /// A spare taken by a pod that did not come to be (its name was in
+    /// use): kept again, or handed back to be released when the server is
+    /// stopping.
+    pub fn give_back(&self, spare: Spare) -> Option<Spare> {
+        let mut s = self.lock();
+        if s.closed {
+            return Some(spare);
+        }
+        s.ready.push(spare);
+        None
     }
 
     /// How many more to make to have `want` ready or being made (none
@@ -165,25 +221,60 @@ mod tests {
 
     #[test]
     fn it_keeps_want_at_most_and_none_once_closed() {
-        let s = SpareNets::new(Path::new("/run/x"), 2);
+        let s = SpareNets::new(Path::new("/run/x"), Path::new("/var/x"), 2);
+        let spare = |n: &str| Spare::at(s.dir(), s.record_dir(), n);
         assert_eq!(s.start_making(), 0, "none before a pod asks");
-        assert!(s.take().is_none());
+        assert!(s.take(|_| Fit::Take).0.is_none());
         assert_eq!(s.start_making(), 2);
         assert_eq!(s.start_making(), 0, "two are being made");
-        assert!(s.made(Spare::at("/run/x/spare-net/a".into())).is_none());
+        assert!(s.made(spare("a")).is_none());
         assert_eq!(s.ready(), 1);
         assert_eq!(s.start_making(), 0, "one ready, one being made");
-        let a = s.take().expect("ready");
+        let (a, stale) = s.take(|_| Fit::Take);
+        let a = a.expect("ready");
+        assert!(stale.is_empty());
         assert_eq!(a.net(), Path::new("/run/x/spare-net/a/ns/net"));
+        assert_eq!(a.record_dir(), Path::new("/var/x/spare-net/a"));
         assert_eq!(s.start_making(), 1, "taking one asks for the next");
-        assert!(s.made(Spare::at("/run/x/spare-net/b".into())).is_none());
+        assert!(s.made(spare("b")).is_none());
         let left = s.close();
         assert_eq!(left.len(), 1);
         assert_eq!(s.start_making(), 0, "none once closed");
-        let late = s.made(Spare::at("/run/x/spare-net/c".into()));
+        assert!(
+            s.give_back(a).is_some(),
+            "given back once closed: to release"
+        );
+        let late = s.made(spare("c"));
         assert!(late.is_some(), "made after the close: handed back");
         assert_eq!(s.lock().making, 1, "counted until it is released");
         s.done_making();
         assert_eq!((s.ready(), s.lock().making), (0, 0));
+    }
+
+    #[test]
+    fn a_pod_takes_the_first_that_fits_keeps_the_others_and_drops_the_stale() {
+        let s = SpareNets::new(Path::new("/run/x"), Path::new("/var/x"), 3);
+        for n in ["keep", "stale", "take", "also"] {
+            assert!(s.made(Spare::at(s.dir(), s.record_dir(), n)).is_none());
+        }
+        let name = |sp: &Spare| {
+            sp.dir()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        };
+        let (taken, stale) = s.take(|sp| match name(sp).as_deref() {
+            Some("stale") => Fit::Stale,
+            Some("keep") => Fit::Keep,
+            _ => Fit::Take,
+        });
+        assert_eq!(taken.as_ref().and_then(name).as_deref(), Some("take"));
+        assert_eq!(stale.iter().filter_map(name).collect::<Vec<_>>(), ["stale"]);
+        assert_eq!(s.ready(), 2, "the one kept and the second that fit");
+        let (none, _) = s.take(|_| Fit::Keep);
+        assert!(none.is_none());
+        assert_eq!(s.ready(), 2);
+        let back = s.take(|_| Fit::Take).0.expect("one");
+        assert!(s.give_back(back).is_none());
+        assert_eq!(s.ready(), 2, "given back: ready again");
     }
 }

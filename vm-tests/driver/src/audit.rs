@@ -131,6 +131,19 @@ pub fn sycri_loops() -> Vec<(u32, PathBuf)> {
         .collect()
 }
 
+/// The spares the server attached to the network ahead of a pod
+/// (`spare_netns_attach`): each holds a veth on the bridge until a pod takes
+/// it or the server stops. Their records are `<state_dir>/spare-net/*/network.json`.
+pub fn spares_attached() -> usize {
+    std::fs::read_dir(PathBuf::from(STORAGE_DIR).join("state").join("spare-net"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().join("network.json").exists())
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// Network devices of the guest's own namespace whose name starts with `veth`.
 pub fn veths() -> Vec<String> {
     std::fs::read_dir("/sys/class/net")
@@ -192,7 +205,8 @@ fn leftovers(gone: &Gone) -> Vec<String> {
             left.push(format!("process {pid} in {group}/"));
         }
     }
-    for v in veths() {
+    // A veth per spare attached ahead is the server's, not a pod's.
+    for v in veths().into_iter().skip(spares_attached()) {
         left.push(format!("network device {v}"));
     }
     let images: Vec<PathBuf> = both_names(RUN_DIR)
