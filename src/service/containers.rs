@@ -59,6 +59,7 @@ impl Runtime {
         req: cri::CreateContainerRequest,
     ) -> Result<String> {
         let began = std::time::Instant::now();
+        let _starting = self.spares.starting();
         let config = req
             .config
             .ok_or_else(|| Error::InvalidArgument("CreateContainer needs a config".into()))?;
@@ -414,6 +415,7 @@ impl Runtime {
     }
 
     pub async fn start_container(&self, id: &str) -> Result<()> {
+        let _starting = self.spares.starting();
         let c = self.containers.get(id)?;
         let id = c.meta.id.as_str();
         let _op = c.begin_op().await;

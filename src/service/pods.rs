@@ -51,6 +51,7 @@ pub struct PodInfo {
 
 impl Runtime {
     pub async fn run_pod(self: &Arc<Self>, req: cri::RunPodSandboxRequest) -> Result<String> {
+        let _starting = self.spares.starting();
         let config = req
             .config
             .ok_or_else(|| Error::InvalidArgument("RunPodSandbox needs a config".into()))?;

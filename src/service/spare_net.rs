@@ -42,15 +42,33 @@ use std::sync::Arc;
 use std::time::Duration;
 use sycri_native::spec::SandboxSpec;
 
+/// How long the server makes no spare after a call on a pod's start path:
+/// the next call of the same pod (CreateContainer after RunPodSandbox,
+/// StartContainer after CreateContainer) comes within a few milliseconds.
+pub(super) const QUIET: Duration = Duration::from_millis(10);
+
 impl Runtime {
     /// Makes spares in the background until `spare_netns` are ready or
     /// being made, once a pod has asked for one. Called when a pod is made
-    /// (or failed), not as it is made: the helpers would compete with its
-    /// CNI plugins for the CPU.
+    /// (or failed), not as it is made; and each waits until no call on a
+    /// pod's start path (RunPodSandbox, CreateContainer, StartContainer) has
+    /// been served for [`QUIET`]: its helper and plugins would compete with
+    /// them for the CPU.
     pub(super) fn fill_spare_nets(self: &Arc<Self>) {
         for _ in 0..self.spares.start_making() {
             let rt = self.clone();
             tokio::spawn(async move {
+                loop {
+                    match rt.spares.until_quiet(QUIET) {
+                        None => {
+                            // Stopping: none is made any more.
+                            rt.spares.done_making();
+                            return;
+                        }
+                        Some(d) if d.is_zero() => break,
+                        Some(d) => tokio::time::sleep(d).await,
+                    }
+                }
                 let Some(spare) = rt.make_spare_net().await else {
                     rt.spares.done_making();
                     return;

@@ -1027,8 +1027,8 @@ async fn spare_netns_are_made_when_asked_for_swept_at_start_and_released_at_stop
     assert!(spares(&env).is_empty(), "swept: {:?}", spares(&env));
     assert!(dir_is_empty(&env.dir.path().join("run/spare-net")));
 
-    // A stopping server keeps none, also of those being made: this fill
-    // runs only once the stop has begun (one thread), and waits for it.
+    // A stopping server keeps none, and begins none: this fill's task runs
+    // only once the stop has begun (one thread), and makes nothing.
     let made = |env: &Env| {
         let calls = env.engine.calls();
         calls
@@ -1040,8 +1040,30 @@ async fn spare_netns_are_made_when_asked_for_swept_at_start_and_released_at_stop
     assert!(env.rt.spares.take(|_| Fit::Take).0.is_none());
     env.rt.fill_spare_nets();
     env.rt.release_spare_nets().await;
-    assert_eq!(made(&env), before + 1, "a spare was being made");
+    assert_eq!(made(&env), before, "none begun once stopping");
+    assert_eq!(env.rt.spares.start_making(), 0);
     assert!(spares(&env).is_empty(), "{:?}", spares(&env));
+    env.assert_empty();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_spare_is_made_while_a_pod_is_being_started() {
+    let Some(env) = Env::new("no_spare_is_made_while_a_pod_is_being_started").await else {
+        return;
+    };
+    assert!(env.rt.spares.take(|_| Fit::Take).0.is_none(), "a pod asks");
+    let starting = env.rt.spares.starting();
+    env.rt.fill_spare_nets();
+    tokio::time::sleep(super::spare_net::QUIET * 5).await;
+    assert!(spares(&env).is_empty(), "none while a start is in flight");
+    let ended = std::time::Instant::now();
+    drop(starting);
+    wait_spares(&env, 1).await;
+    assert!(
+        ended.elapsed() >= super::spare_net::QUIET,
+        "made only once it was quiet"
+    );
+    env.rt.release_spare_nets().await;
     env.assert_empty();
 }
 

@@ -6,7 +6,7 @@
 use crate::cni::Attachment;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Where the spares live, under the run dir.
 pub const DIR: &str = "spare-net";
@@ -66,7 +66,23 @@ struct State {
     asked: bool,
     /// The server is stopping: no spare is kept any more.
     closed: bool,
+    /// Calls on a pod's start path (RunPodSandbox, CreateContainer,
+    /// StartContainer) in flight, and when the last one ended.
+    starting: usize,
+    last_started: Option<Instant>,
 }
+
+/// A call on a pod's start path, in flight while this lives.
+pub struct Starting<'a>(&'a SpareNets);
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        s.starting = s.starting.saturating_sub(1);
+        s.last_started = Some(Instant::now());
+    }
+}
+
 /// What a pod makes of a ready spare.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Fit {
@@ -208,6 +224,28 @@ impl SpareNets {
         .await;
     }
 
+    /// A call on a pod's start path begins: spares wait until there has been
+    /// none for a while (see [`Self::until_quiet`]).
+    pub fn starting(&self) -> Starting<'_> {
+        self.lock().starting += 1;
+        Starting(self)
+    }
+
+    /// How long until no call on a pod's start path has been in flight for
+    /// `quiet` (zero: none has been), the time a spare waits before it is
+    /// made; None once the server is stopping.
+    pub fn until_quiet(&self, quiet: Duration) -> Option<Duration> {
+        let s = self.lock();
+        if s.closed {
+            return None;
+        }
+        Some(match (s.starting, s.last_started) {
+            (0, None) => Duration::ZERO,
+            (0, Some(t)) => quiet.saturating_sub(t.elapsed()),
+            _ => quiet,
+        })
+    }
+
     /// How many are ready.
     #[cfg(test)]
     pub fn ready(&self) -> usize {
@@ -249,6 +287,27 @@ mod tests {
         assert_eq!(s.lock().making, 1, "counted until it is released");
         s.done_making();
         assert_eq!((s.ready(), s.lock().making), (0, 0));
+    }
+
+    #[test]
+    fn it_is_quiet_a_while_after_the_last_start_and_never_once_closed() {
+        let s = SpareNets::new(Path::new("/run/x"), Path::new("/var/x"), 1);
+        let quiet = Duration::from_secs(60);
+        assert_eq!(
+            s.until_quiet(quiet),
+            Some(Duration::ZERO),
+            "nothing started yet"
+        );
+        let (a, b) = (s.starting(), s.starting());
+        assert_eq!(s.until_quiet(quiet), Some(quiet));
+        drop(a);
+        assert_eq!(s.until_quiet(quiet), Some(quiet), "one still in flight");
+        drop(b);
+        let left = s.until_quiet(quiet).expect("open");
+        assert!(left > Duration::ZERO && left <= quiet, "{left:?}");
+        assert_eq!(s.until_quiet(Duration::ZERO), Some(Duration::ZERO));
+        s.close();
+        assert_eq!(s.until_quiet(quiet), None);
     }
 
     #[test]
