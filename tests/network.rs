@@ -133,6 +133,13 @@ impl TestNet {
             .to_string()
     }
 
+    /// Whether host-local still has an IP allocated to `id`.
+    fn holds_ip_of(&self, id: &str) -> bool {
+        self.allocations()
+            .iter()
+            .any(|ip| self.allocated_to(ip) == id)
+    }
+
     /// Asserts the network holds nothing of any pod any more; with the
     /// server `running`, but what its spares attached ahead hold (one IP and
     /// one veth each; looked up on each look, as a spare is made in the
@@ -802,33 +809,37 @@ fn spare_nets(s: &Server) -> Vec<PathBuf> {
 }
 
 /// The ids the server's spares were attached ahead under (their records in
-/// its state dir).
-fn spare_ids(s: &Server) -> Vec<String> {
-    dir_entries(&s.storage_dir().join("state").join("spare-net"))
+/// its state dir: kept from before their ADD), each with whether its ADD is
+/// done (the record has its result).
+fn spare_records(s: &Server) -> Vec<(String, bool)> {
+    let dir = s.storage_dir().join("state").join("spare-net");
+    dir_entries(&dir)
         .into_iter()
         .filter_map(|name| {
-            let p = s
-                .storage_dir()
-                .join("state/spare-net")
-                .join(name)
-                .join("network.json");
+            let p = dir.join(name).join("network.json");
             let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
-            v["container_id"].as_str().map(String::from)
+            let id = v["container_id"].as_str()?.to_string();
+            Some((id, !v["result"].is_null()))
         })
         .collect()
 }
 
-/// The server's one spare, attached ahead: its id and its IP (once its ADD
-/// is done).
+/// The ids of the server's spares attached ahead, or being attached.
+fn spare_ids(s: &Server) -> Vec<String> {
+    spare_records(s).into_iter().map(|(id, _)| id).collect()
+}
+
+/// The server's one spare, attached ahead: its id and its IP, once its ADD
+/// is done.
 async fn wait_attached_spare(s: &Server, net: &TestNet) -> (String, String) {
     let found = || {
-        let ids = spare_ids(s);
-        let id = ids.first()?.clone();
+        let records = spare_records(s);
+        let (id, done) = records.first()?.clone();
         let ip = net
             .allocations()
             .into_iter()
             .find(|ip| net.allocated_to(ip) == id)?;
-        (ids.len() == 1).then_some((id, ip))
+        (records.len() == 1 && done).then_some((id, ip))
     };
     wait_for("a spare attached ahead", Duration::from_secs(10), || {
         found().is_some()
@@ -895,7 +906,11 @@ async fn a_pod_takes_the_spare_netns_and_a_stop_or_crash_leaves_none() {
     );
     let b_net = s.run_dir().join("pods").join(&b).join("ns").join("net");
     assert_eq!(inode(&b_net), spare_ino, "the pod took the spare");
-    assert!(!spare.exists(), "the spare's own pin is gone");
+    // Its own pin goes in the background once the pod pinned it.
+    wait_for("the spare's own pin gone", Duration::from_secs(10), || {
+        !spare.exists()
+    })
+    .await;
     let next = wait_spare(&s).await;
     assert_ne!(inode(&next), spare_ino);
     let (next_id, _) = wait_attached_spare(&s, &net).await;
@@ -974,11 +989,7 @@ async fn a_pod_takes_the_spare_netns_and_a_stop_or_crash_leaves_none() {
     wait_for(
         "the stale spare's IP released",
         Duration::from_secs(10),
-        || {
-            !net.allocations()
-                .iter()
-                .any(|ip| net.allocated_to(ip) == next_id)
-        },
+        || !net.holds_ip_of(&next_id),
     )
     .await;
     let (fresh_id, _) = wait_attached_spare(&s, &net).await;
@@ -1008,9 +1019,7 @@ async fn a_pod_takes_the_spare_netns_and_a_stop_or_crash_leaves_none() {
     assert!(!left.exists(), "{}", left.display());
     assert!(spare_ids(&s).is_empty());
     assert!(
-        !net.allocations()
-            .iter()
-            .any(|ip| net.allocated_to(ip) == left_id),
+        !net.holds_ip_of(&left_id),
         "the swept spare's IP is released"
     );
     assert_eq!(
@@ -1029,9 +1038,7 @@ async fn a_pod_takes_the_spare_netns_and_a_stop_or_crash_leaves_none() {
     relaunch(&mut s, net.dir.path()).await;
     assert!(spare_ids(&s).is_empty());
     assert!(
-        !net.allocations()
-            .iter()
-            .any(|ip| net.allocated_to(ip) == gone_id),
+        !net.holds_ip_of(&gone_id),
         "the lost spare's IP is released"
     );
     for pod in [&d, &e] {
