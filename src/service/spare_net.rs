@@ -14,8 +14,9 @@
 //! `runtimeConfig` (no host ports, no bandwidth annotations, ...) takes it and
 //! runs no plugin at all; another pod leaves it for the next. A spare attached
 //! to a network config that changed since is stale and goes (DEL). The ADD and
-//! DEL of spares run at a lower priority (nice 10): no pod waits for them,
-//! and the calls served beside them must not wait either.
+//! DEL of spares run at a lower priority (nice 10), and a spare is made only
+//! once no pod has been started for [`QUIET`]: no pod waits for them, and the
+//! calls served beside them must not wait either.
 //!
 //! A spare is `<run_dir>/spare-net/<hex>/ns/net`, pinned by the sandbox helper
 //! like a pod's network namespace (loopback up, nothing else); the attachment
