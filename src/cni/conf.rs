@@ -102,6 +102,16 @@ impl NetworkConfig {
             .iter()
             .filter_map(|p| p.get("type").and_then(Value::as_str))
     }
+
+    /// The types of the IPAM plugins the network's plugins delegate to
+    /// (`ipam.type`), in order.
+    pub fn ipam_types(&self) -> impl Iterator<Item = &str> {
+        self.plugins.iter().filter_map(|p| {
+            p.get("ipam")
+                .and_then(|i| i.get("type"))
+                .and_then(Value::as_str)
+        })
+    }
 }
 
 /// The configuration files of `dir`, by file name.
@@ -199,12 +209,14 @@ mod tests {
         let c = NetworkConfig::parse(list, Path::new("x.conflist")).expect("parse");
         assert_eq!(c.name, "n");
         assert_eq!(c.plugin_types().collect::<Vec<_>>(), ["bridge", "portmap"]);
+        assert_eq!(c.ipam_types().count(), 0);
         assert!(!c.disable_check);
         let single =
             br#"{"cniVersion":"0.4.0","name":"s","type":"ptp","ipam":{"type":"host-local"}}"#;
         let c = NetworkConfig::parse(single, Path::new("x.conf")).expect("parse");
         assert_eq!(c.plugins.len(), 1);
         assert_eq!(c.plugin_types().collect::<Vec<_>>(), ["ptp"]);
+        assert_eq!(c.ipam_types().collect::<Vec<_>>(), ["host-local"]);
         let again = NetworkConfig::parse(
             &serde_json::to_vec(&c.to_value()).expect("json"),
             Path::new("x.conf"),

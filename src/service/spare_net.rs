@@ -43,6 +43,17 @@ use std::sync::Arc;
 use std::time::Duration;
 use sycri_native::spec::SandboxSpec;
 
+/// Whether a spare may be attached to `net` ahead: each of its plugins, and
+/// each IPAM plugin they delegate to (one that keeps the pod's name, as
+/// whereabouts does, must not get a spare's empty one), is one of `ahead`
+/// and `found`.
+fn attachable_ahead(net: &NetworkConfig, ahead: &[String], found: impl Fn(&str) -> bool) -> bool {
+    let ahead: BTreeSet<&str> = ahead.iter().map(String::as_str).collect();
+    net.plugin_types()
+        .chain(net.ipam_types())
+        .all(|ty| ahead.contains(ty) && found(ty))
+}
+
 /// How long the server makes no spare after a call on a pod's start path:
 /// the next call of the same pod (CreateContainer after RunPodSandbox,
 /// StartContainer after CreateContainer) comes within a few milliseconds.
@@ -137,18 +148,13 @@ impl Runtime {
 
     /// The network a spare is attached to ahead, with the capability values
     /// of a pod that gives none of its own: None when there is no network
-    /// config, or one of its plugins is missing or may depend on the pod.
+    /// config, or one of its plugins (or the IPAM plugins they delegate to)
+    /// is missing or may depend on the pod.
     fn network_ahead(&self) -> Option<(NetworkConfig, Map<String, Value>)> {
         let net = self.cni.network().ok()??;
-        let ahead: BTreeSet<&str> = self
-            .cfg
-            .spare_netns_attach
-            .iter()
-            .map(String::as_str)
-            .collect();
-        let fits = net
-            .plugin_types()
-            .all(|ty| ahead.contains(ty) && self.cni.find_plugin(ty).is_ok());
+        let fits = attachable_ahead(&net, &self.cfg.spare_netns_attach, |ty| {
+            self.cni.find_plugin(ty).is_ok()
+        });
         let caps = self.spare_capability_args()?;
         fits.then_some((net, caps))
     }
@@ -267,5 +273,45 @@ impl Runtime {
             self.drop_spare_net(spare).await;
         }
         self.spares.wait_idle(Duration::from_secs(2)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attachable_ahead;
+    use crate::cni::NetworkConfig;
+    use std::path::Path;
+
+    fn net(ipam: &str) -> NetworkConfig {
+        let conf = format!(
+            r#"{{"cniVersion":"1.0.0","name":"n","plugins":[
+                {{"type":"bridge","ipam":{{"type":"{ipam}"}}}},
+                {{"type":"portmap","capabilities":{{"portMappings":true}}}}]}}"#
+        );
+        NetworkConfig::parse(conf.as_bytes(), Path::new("n.conflist")).expect("parse")
+    }
+
+    #[test]
+    fn every_plugin_and_ipam_plugin_must_be_listed_and_found() {
+        let list: Vec<String> = ["bridge", "host-local", "portmap"]
+            .map(String::from)
+            .to_vec();
+        assert!(attachable_ahead(&net("host-local"), &list, |_| true));
+        assert!(
+            !attachable_ahead(&net("whereabouts"), &list, |_| true),
+            "an IPAM plugin not listed"
+        );
+        assert!(
+            !attachable_ahead(&net("host-local"), &list[..2], |_| true),
+            "portmap not listed"
+        );
+        assert!(
+            !attachable_ahead(&net("host-local"), &list, |ty| ty != "portmap"),
+            "one missing"
+        );
+        assert!(
+            !attachable_ahead(&net("host-local"), &[], |_| true),
+            "none listed"
+        );
     }
 }
