@@ -52,13 +52,16 @@ pub enum Priority {
 /// starts, which inherit it).
 pub const BACKGROUND_NICE: i32 = 10;
 
-/// Sets the nice value of the plugin process `pid`, just started: it is still
-/// starting (a Go runtime takes milliseconds) when the tools it runs are
-/// started, so they inherit the value. A failure only costs the priority.
+/// Sets the nice value of the plugin process `pid`, just started, which leads
+/// a process group of its own: of every thread in the group (Linux keeps a
+/// nice value per thread, and a Go plugin may have started some already);
+/// the threads and tools started later inherit it. A failure only costs the
+/// priority.
 fn lower_priority(pid: i32) {
     // SAFETY: setpriority(2) takes plain integers and touches no memory of
-    // ours; `pid` is our unreaped child, so it names no other process.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, BACKGROUND_NICE) };
+    // ours; `pid` is our unreaped child and leads its own group (started
+    // with `process_group(0)`), so the group holds only it and its children.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PGRP, pid as libc::id_t, BACKGROUND_NICE) };
     if rc != 0 {
         tracing::debug!(pid, error = %std::io::Error::last_os_error(), "lowering a CNI plugin's priority");
     }
