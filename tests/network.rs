@@ -141,20 +141,23 @@ impl TestNet {
     }
 
     /// Asserts the network holds nothing of any pod any more; with the
-    /// server `running`, but what its spares attached ahead hold (one IP and
-    /// one veth each; looked up on each look, as a spare is made in the
-    /// background).
+    /// server `running`, but what its spares attached ahead hold (the IP
+    /// allocated to a spare's id, the veth its ADD result names; looked up
+    /// on each look, as a spare is made in the background).
     async fn assert_empty(&self, pod_ids: &[&str], running: Option<&Server>) {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let spares = running.map(spare_ids).unwrap_or_default();
-            let mut ports = self.ports();
+            let spares = running.map(spare_records).unwrap_or_default();
+            let ports: Vec<String> = self
+                .ports()
+                .into_iter()
+                .filter(|p| !spares.iter().any(|r| r.host_ifs.contains(p)))
+                .collect();
             let allocs: Vec<String> = self
                 .allocations()
                 .into_iter()
-                .filter(|ip| !spares.contains(&self.allocated_to(ip)))
+                .filter(|ip| !spares.iter().any(|r| r.id == self.allocated_to(ip)))
                 .collect();
-            ports.truncate(ports.len().saturating_sub(spares.len()));
             let nat = iptables_nat();
             let rules: Vec<&str> = pod_ids
                 .iter()
@@ -808,25 +811,41 @@ fn spare_nets(s: &Server) -> Vec<PathBuf> {
     mounts_under(&dir)
 }
 
-/// The ids the server's spares were attached ahead under (their records in
-/// its state dir: kept from before their ADD), each with whether its ADD is
-/// done (the record has its result).
-fn spare_records(s: &Server) -> Vec<(String, bool)> {
+/// A spare the server attached ahead (its record in the state dir, kept
+/// from before its ADD): the id, whether its ADD is done (the record has its
+/// result), and the host-side interfaces the result names (its veth).
+struct SpareRecord {
+    id: String,
+    done: bool,
+    host_ifs: Vec<String>,
+}
+
+fn spare_records(s: &Server) -> Vec<SpareRecord> {
     let dir = s.storage_dir().join("state").join("spare-net");
     dir_entries(&dir)
         .into_iter()
         .filter_map(|name| {
             let p = dir.join(name).join("network.json");
             let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
-            let id = v["container_id"].as_str()?.to_string();
-            Some((id, !v["result"].is_null()))
+            let host_ifs = v["result"]["interfaces"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|i| i.get("sandbox").is_none())
+                .filter_map(|i| i["name"].as_str().map(String::from))
+                .collect();
+            Some(SpareRecord {
+                id: v["container_id"].as_str()?.to_string(),
+                done: !v["result"].is_null(),
+                host_ifs,
+            })
         })
         .collect()
 }
 
 /// The ids of the server's spares attached ahead, or being attached.
 fn spare_ids(s: &Server) -> Vec<String> {
-    spare_records(s).into_iter().map(|(id, _)| id).collect()
+    spare_records(s).into_iter().map(|r| r.id).collect()
 }
 
 /// The server's one spare, attached ahead: its id and its IP, once its ADD
@@ -834,12 +853,12 @@ fn spare_ids(s: &Server) -> Vec<String> {
 async fn wait_attached_spare(s: &Server, net: &TestNet) -> (String, String) {
     let found = || {
         let records = spare_records(s);
-        let (id, done) = records.first()?.clone();
+        let r = records.first()?;
         let ip = net
             .allocations()
             .into_iter()
-            .find(|ip| net.allocated_to(ip) == id)?;
-        (records.len() == 1 && done).then_some((id, ip))
+            .find(|ip| net.allocated_to(ip) == r.id)?;
+        (records.len() == 1 && r.done).then(|| (r.id.clone(), ip))
     };
     wait_for("a spare attached ahead", Duration::from_secs(10), || {
         found().is_some()

@@ -131,17 +131,27 @@ pub fn sycri_loops() -> Vec<(u32, PathBuf)> {
         .collect()
 }
 
-/// The spares the server attached to the network ahead of a pod
-/// (`spare_netns_attach`): each holds a veth on the bridge until a pod takes
-/// it or the server stops. Their records are `<state_dir>/spare-net/*/network.json`.
-pub fn spares_attached() -> usize {
-    std::fs::read_dir(PathBuf::from(STORAGE_DIR).join("state").join("spare-net"))
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| e.path().join("network.json").exists())
-                .count()
+/// The host-side interfaces (veths) of the spares the server attached to the
+/// network ahead of a pod (`spare_netns_attach`), as their ADD results name
+/// them: the server's until a pod takes the spare or the server stops. Their
+/// records are `<state_dir>/spare-net/*/network.json`.
+pub fn spare_host_interfaces() -> Vec<String> {
+    let dir = PathBuf::from(STORAGE_DIR).join("state").join("spare-net");
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| std::fs::read(e.path().join("network.json")).ok())
+        .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .flat_map(|v| {
+            v["result"]["interfaces"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
         })
-        .unwrap_or(0)
+        .filter(|i| i.get("sandbox").is_none())
+        .filter_map(|i| i["name"].as_str().map(String::from))
+        .collect()
 }
 
 /// Network devices of the guest's own namespace whose name starts with `veth`.
@@ -205,8 +215,9 @@ fn leftovers(gone: &Gone) -> Vec<String> {
             left.push(format!("process {pid} in {group}/"));
         }
     }
-    // A veth per spare attached ahead is the server's, not a pod's.
-    for v in veths().into_iter().skip(spares_attached()) {
+    // The veths of spares attached ahead are the server's, not a pod's.
+    let spares = spare_host_interfaces();
+    for v in veths().into_iter().filter(|v| !spares.contains(v)) {
         left.push(format!("network device {v}"));
     }
     let images: Vec<PathBuf> = both_names(RUN_DIR)
