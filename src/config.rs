@@ -382,7 +382,8 @@ mod tests {
 
     #[test]
     fn file_overrides_and_rejects_unknown_keys() {
-        let dir = tempfile_dir();
+        let tmp = tempfile_dir();
+        let dir = tmp.path();
         let p = dir.join("c.toml");
         std::fs::write(
             &p,
@@ -407,12 +408,12 @@ mod tests {
             ..Config::default()
         };
         assert!(bad.socket_path().is_err());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn pull_keys() {
-        let dir = tempfile_dir();
+        let tmp = tempfile_dir();
+        let dir = tmp.path();
         let p = dir.join("pull.toml");
         std::fs::write(
             &p,
@@ -461,7 +462,6 @@ mod tests {
             DurationText::parse("250ms").map(|d| d.0),
             Ok(std::time::Duration::from_millis(250))
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -501,9 +501,12 @@ mod tests {
         }
     }
 
-    fn tempfile_dir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("sycri-config-test-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap_or_default();
-        d
+    /// A directory of the test's own (tests run in parallel in one process),
+    /// removed when dropped.
+    fn tempfile_dir() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("sycri-config-test")
+            .tempdir()
+            .expect("tempdir")
     }
 }
