@@ -482,9 +482,14 @@ async fn pull_and_convert(
                 }
                 Err(e) => {
                     // Stop the converter (its feeds end with an error) and wait
-                    // for it, so that the directory goes with it.
+                    // for it, so that the directory goes with it; unless it is
+                    // done already (a fused future that ended never ends
+                    // again: awaiting it would hang the pull), its result
+                    // dropped with the directory.
                     drop(guards);
-                    let _ = convert.await;
+                    if converted.is_none() {
+                        let _ = convert.await;
+                    }
                     return Err(e.into());
                 }
             },

@@ -959,6 +959,36 @@ async fn bad_registries_give_clear_errors() {
         err.message()
     );
 
+    // The same, with the wrong config coming in slowly: the layer is
+    // converted before the config's digest fails, and the pull still ends
+    // at once with the digest's error (it once waited for the converter it
+    // had already seen finish, until the stall timeout).
+    let image = Image::tiny("mismatch-config-late");
+    tiny.serve_image("bad/latecfg", "v1", &image, Flavor::OciManifest);
+    let n = image.config.len();
+    tiny.set(
+        &format!("/v2/bad/latecfg/blobs/{}", image.config_digest()),
+        Reply::Drip(
+            "application/octet-stream".into(),
+            vec![b' '; n],
+            n.div_ceil(4),
+            300,
+        ),
+    );
+    let reference = format!("{}/bad/latecfg:v1", tiny.host());
+    let late = refused(
+        &mut s,
+        &before,
+        &reference,
+        &[Code::Unknown, Code::DataLoss, Code::InvalidArgument],
+        m,
+        "config digest mismatch after the conversion",
+    );
+    let err = tokio::time::timeout(Duration::from_secs(60), late)
+        .await
+        .expect("a pull whose config fails after its conversion ends");
+    assert!(err.message().contains("digest"), "{}", err.message());
+
     // Garbage for a manifest.
     tiny.set(
         "/v2/bad/garbage/manifests/v1",
