@@ -529,9 +529,8 @@ impl Runtime {
         }
         c.update(|s| s.state = State::Removing)?;
         self.engine.remove_cgroups(&c.meta.cgroups).await?;
-        for d in [self.container_run_dir(&id), c.meta.dir.clone()] {
-            record::remove_dir(&d)?;
-        }
+        record::remove_dir(&self.container_run_dir(&id))?;
+        record::remove_record_dir(&c.meta.dir, crate::store::container::RECORD)?;
         self.names.release(&c.meta.name_key, &id);
         self.containers.remove(&id);
         self.release_image_if_unused(&c.meta.image_id).await;

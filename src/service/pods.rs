@@ -401,9 +401,8 @@ impl Runtime {
         self.engine
             .release_sandbox(&m.ns_dir, m.shm.as_deref(), m.init)
             .await?;
-        for d in [self.pod_run_dir(&id), pod.meta.dir.clone()] {
-            record::remove_dir(&d)?;
-        }
+        record::remove_dir(&self.pod_run_dir(&id))?;
+        record::remove_record_dir(&pod.meta.dir, RECORD)?;
         self.names.release(&pod.meta.name_key, &id);
         self.pods.remove(&id);
         tracing::info!(pod = %id, "pod removed");

@@ -61,11 +61,59 @@ pub fn read_optional(p: &Path) -> Result<Option<Vec<u8>>> {
     }
 }
 
+/// Removes the state directory `d` of an object whose record is the file
+/// `record` in it: the record first, so that a removal cut short (a kill in
+/// the middle of the tree) leaves a directory without a record, which the
+/// next start removes, never a record whose other files are gone (an
+/// unreadable object the start would have to skip and keep).
+pub fn remove_record_dir(d: &Path, record: &str) -> Result<()> {
+    match std::fs::remove_file(d.join(record)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(format!("remove {}", d.join(record).display()), e)),
+    }
+    remove_dir(d)
+}
+
 /// Removes a directory tree; one that is not there is fine.
 pub fn remove_dir(d: &Path) -> Result<()> {
     match std::fs::remove_dir_all(d) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(format!("remove {}", d.display()), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_removal_cut_short_leaves_no_record() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let d = tmp.path().join("obj");
+        std::fs::create_dir_all(d.join("busy")).expect("mkdir");
+        for f in ["a.json", "config.pb", "z.json"] {
+            std::fs::write(d.join(f), b"x").expect("write");
+        }
+        // A mount inside makes the tree's removal fail part way, as a kill
+        // would cut it short (root only: the test suite runs as root).
+        let busy = d.join("busy");
+        let mounted = nix::mount::mount(
+            Some("tmpfs"),
+            &busy,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .is_ok();
+        if mounted {
+            assert!(remove_record_dir(&d, "z.json").is_err());
+            assert!(!d.join("z.json").exists(), "the record went first");
+            nix::mount::umount(&busy).expect("umount");
+        }
+        remove_record_dir(&d, "z.json").expect("remove");
+        assert!(!d.exists());
+        remove_record_dir(&d, "z.json").expect("gone already: fine");
     }
 }
