@@ -35,6 +35,7 @@ use super::pod_spec::capability_args;
 use super::Runtime;
 use crate::cni::{runtime_configs, Attachment, NetworkConfig, Priority};
 use crate::proto::cri;
+use crate::store::record;
 use crate::store::spare_net::{Fit, Spare};
 use crate::util::random_hex;
 use serde_json::{Map, Value};
@@ -218,10 +219,8 @@ impl Runtime {
                 tracing::warn!(dir = %dir, error = %e, "dropping the unreadable attachment of a spare network namespace");
             }
         }
-        if let Err(e) = std::fs::remove_dir_all(spare.record_dir()) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %spare.record_dir().display(), error = %e, "removing the record of a spare network namespace");
-            }
+        if let Err(e) = record::remove_dir(spare.record_dir()) {
+            tracing::warn!(error = %e, "removing the record of a spare network namespace");
         }
         if let Err(e) = self
             .engine
@@ -231,10 +230,8 @@ impl Runtime {
             tracing::warn!(dir = %dir, error = %e, "releasing a spare network namespace");
             return;
         }
-        if let Err(e) = std::fs::remove_dir_all(spare.dir()) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %dir, error = %e, "removing a spare network namespace");
-            }
+        if let Err(e) = record::remove_dir(spare.dir()) {
+            tracing::warn!(error = %e, "removing a spare network namespace");
         }
     }
 
